@@ -1,0 +1,292 @@
+"""An emulated WAN on one host: one network namespace per city, shaped links, a fixed delay.
+
+Why: the WAN benchmark and its CI test must run real multi-process training across real, slow
+links, on one machine. Each city is a namespace `{prefix}{c}` whose `eth0` is one end of a veth
+pair; the other end is a port of the bridge `{prefix}br`, which stands for the WAN hub.
+
+- rate: a TBF qdisc on the city's uplink (`eth0` egress inside the namespace) and on its downlink
+  (host end of the veth, egress towards the city). Burst 64 KiB (smaller bursts lose throughput,
+  below one frame connections hang).
+- delay: the kernel has no netem, so bridged packets go through iptables (br_netfilter,
+  `-m physdev`) to an NFQUEUE, where `nfqueue_delay.py` holds each one `delay_ms` before accepting
+  it. A packet crosses the hub once per direction: RTT between two cities = 2 x delay_ms.
+- coordinator: the host end of the bridge (`coordinator_addr`) is reachable from every city,
+  unshaped by delay (it is routed, not bridged); host a rendezvous TCPStore there.
+
+Ranks of one city share the namespace, so their LAN traffic stays on loopback. gloo needs
+`GLOO_SOCKET_IFNAME=eth0` in every namespace (`rank_env`). Teardown is idempotent and also runs
+at start, so a crashed run's leftovers (same prefix) are removed; a lock file stops two live
+emulators from sharing one prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+
+log = logging.getLogger(__name__)
+
+DAEMON = Path(__file__).with_name("nfqueue_delay.py")
+TBF_BURST = "64kb"
+BRIDGE_NF_SYSCTL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+class WanEmulatorError(RuntimeError):
+    """The emulated WAN could not be built (missing privilege, tool or kernel feature)."""
+
+
+def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise WanEmulatorError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+class WanEmulator:
+    """Context manager: `with WanEmulator(cities=2, rate_mbit=50, delay_ms=20) as wan: ...`."""
+
+    def __init__(
+        self,
+        cities: int,
+        rate_mbit: float,
+        delay_ms: float,
+        *,
+        prefix: str = "cc",
+        subnet: str = "10.77.0.0/24",
+        queue: int = 7700,
+    ) -> None:
+        net = ipaddress.ip_network(subnet)
+        if not 1 <= cities < net.num_addresses - 2:
+            raise ValueError(f"cities={cities}: allowed 1..{net.num_addresses - 3} for subnet {subnet}")
+        if rate_mbit <= 0 or delay_ms < 0:
+            raise ValueError(f"rate_mbit={rate_mbit} must be > 0 and delay_ms={delay_ms} >= 0")
+        if not prefix.isalnum() or len(prefix) > 8:
+            raise ValueError(f"prefix={prefix!r}: allowed 1-8 letters/digits (interface names are short)")
+        self.cities = cities
+        self.rate_mbit = rate_mbit
+        self.delay_ms = delay_ms
+        self.prefix = prefix
+        self.queue = queue
+        self._net = net
+        self._hosts = list(net.hosts())
+        self.bridge = f"{prefix}br"
+        self.chain = f"CROSSCITY-{prefix.upper()}"
+        self._daemon: subprocess.Popen[str] | None = None
+        self._lock_fd: int | None = None
+        self._old_handlers: dict[int, object] = {}
+
+    # ------------------------------------------------------------ addressing
+    def netns(self, city: int) -> str:
+        self._check_city(city)
+        return f"{self.prefix}{city}"
+
+    def addr(self, city: int) -> str:
+        self._check_city(city)
+        return str(self._hosts[city])
+
+    @property
+    def coordinator_addr(self) -> str:
+        """Host end of the bridge: reachable from every city namespace."""
+        return str(self._hosts[-1])
+
+    def exec_prefix(self, city: int) -> list[str]:
+        return ["ip", "netns", "exec", self.netns(city)]
+
+    def rank_env(self) -> dict[str, str]:
+        """Environment every process in a city namespace needs for gloo."""
+        return {"GLOO_SOCKET_IFNAME": "eth0"}
+
+    def _check_city(self, city: int) -> None:
+        if not 0 <= city < self.cities:
+            raise ValueError(f"city {city} outside 0..{self.cities - 1}")
+
+    def _host_veth(self, city: int) -> str:
+        return f"{self.prefix}{city}h"
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> WanEmulator:
+        if os.geteuid() != 0:
+            raise WanEmulatorError("the WAN emulator needs root (network namespaces, tc, iptables)")
+        self._acquire_lock()
+        try:
+            self._install_signal_handlers()
+            self.teardown()
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove everything; safe to call more than once."""
+        try:
+            self.teardown()
+        finally:
+            self._restore_signal_handlers()
+            self._release_lock()
+
+    def _acquire_lock(self) -> None:
+        path = Path(f"/run/crosscity-wan-{self.prefix}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise WanEmulatorError(
+                f"another WAN emulator with prefix {self.prefix!r} is running (pid {holder}, lock {path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGHUP become SystemExit so `with` blocks unwind and tear the WAN down."""
+        if not _in_main_thread():
+            return
+
+        def _exit(signum: int, frame: FrameType | None) -> None:
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, _exit)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._old_handlers.clear()
+
+    # ------------------------------------------------------------ build
+    def _build(self) -> None:
+        for tool in ("ip", "tc", "iptables"):
+            if _run(["which", tool], check=False).returncode != 0:
+                raise WanEmulatorError(f"`{tool}` not found: apt-get install iproute2 iptables")
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{self.coordinator_addr}/{self._net.prefixlen}", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        rate = f"{self.rate_mbit}mbit"
+        for c in range(self.cities):
+            ns, host_end = self.netns(c), self._host_veth(c)
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", f"{host_end}c"])
+            _run(["ip", "link", "set", f"{host_end}c", "netns", ns, "name", "eth0"])
+            _run(["ip", "link", "set", host_end, "master", self.bridge, "up"])
+            inside = self.exec_prefix(c)
+            _run([*inside, "ip", "link", "set", "lo", "up"])
+            _run([*inside, "ip", "addr", "add", f"{self.addr(c)}/{self._net.prefixlen}", "dev", "eth0"])
+            _run([*inside, "ip", "link", "set", "eth0", "up"])
+            # Queue limit = 100 ms at line rate (at least one burst): deep enough for TCP to fill the link.
+            limit = max(65536, int(self.rate_mbit * 1e6 / 8 * 0.1))
+            tbf = ["tbf", "rate", rate, "burst", TBF_BURST, "limit", str(limit)]
+            _run([*inside, "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf])
+            _run(["tc", "qdisc", "replace", "dev", host_end, "root", *tbf])
+        self._route_bridged_traffic()
+
+    def _route_bridged_traffic(self) -> None:
+        """One iptables rule per city port: counts the bytes it sends to other cities, and delays them."""
+        if not BRIDGE_NF_SYSCTL.exists():
+            _run(["modprobe", "br_netfilter"], check=False)
+        if not BRIDGE_NF_SYSCTL.exists():
+            raise WanEmulatorError(f"{BRIDGE_NF_SYSCTL} missing: the kernel lacks br_netfilter")
+        BRIDGE_NF_SYSCTL.write_text("1\n")
+        target: list[str] = []
+        if self.delay_ms > 0:
+            self._start_daemon()
+            target = ["-j", "NFQUEUE", "--queue-num", str(self.queue)]
+        _run(["iptables", "-N", self.chain])
+        for c in range(self.cities):
+            match = ["-m", "physdev", "--physdev-is-bridged", "--physdev-in", self._host_veth(c)]
+            _run(["iptables", "-A", self.chain, *match, *target])
+        _run(["iptables", "-I", "FORWARD", "-j", self.chain])
+
+    def _start_daemon(self) -> None:
+        """The daemon must be listening before the rule exists: NFQUEUE with no listener drops."""
+        self._daemon = subprocess.Popen(
+            [sys.executable, str(DAEMON), "--queue", str(self.queue), "--delay-ms", str(self.delay_ms)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self._daemon.stdout is not None
+        line = self._daemon.stdout.readline().strip()
+        if line != "ready":
+            self._daemon.wait(timeout=5)
+            err = self._daemon.stderr.read() if self._daemon.stderr else ""
+            raise WanEmulatorError(f"delay daemon did not start (exit {self._daemon.returncode}): {err.strip()}")
+
+    # ------------------------------------------------------------ measurement
+    def wire_bytes(self) -> list[int]:
+        """IP bytes each city has sent to other cities (headers and ACKs included) since reset."""
+        out = _run(["iptables", "-nvxL", self.chain]).stdout
+        sent = [0] * self.cities
+        for line in out.splitlines():
+            for c in range(self.cities):
+                if f"--physdev-in {self._host_veth(c)} " in line + " ":
+                    sent[c] = int(line.split()[1])
+        return sent
+
+    def reset_wire_bytes(self) -> None:
+        _run(["iptables", "-Z", self.chain])
+
+    # ------------------------------------------------------------ teardown
+    def teardown(self) -> None:
+        """Delete the iptables chain, stop the daemon, delete namespaces and bridge. Idempotent."""
+        while _run(["iptables", "-D", "FORWARD", "-j", self.chain], check=False).returncode == 0:
+            pass
+        _run(["iptables", "-F", self.chain], check=False)
+        _run(["iptables", "-X", self.chain], check=False)
+        self._stop_daemon()
+        for c in range(self.cities):
+            ns = self.netns(c)
+            self._kill_namespace_processes(ns)
+            _run(["ip", "netns", "del", ns], check=False)
+            _run(["ip", "link", "del", self._host_veth(c)], check=False)
+        _run(["ip", "link", "del", self.bridge], check=False)
+
+    def _stop_daemon(self) -> None:
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return
+        daemon.terminate()
+        try:
+            _, err = daemon.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            _, err = daemon.communicate()
+        if err.strip():
+            log.info("%s", err.strip())
+
+    @staticmethod
+    def _kill_namespace_processes(ns: str) -> None:
+        """Processes still inside a namespace we created (ranks left behind) would keep it alive."""
+        pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        for pid in pids:
+            log.warning("killing pid %s left in namespace %s", pid, ns)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        if pids:
+            time.sleep(0.1)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()

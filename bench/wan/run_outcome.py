@@ -1,0 +1,121 @@
+"""What one finished benchmark run achieved, read back from its run directory.
+
+Why a module of its own: the benchmark compares methods only through these numbers, so their
+definitions live in one place (and docs/wan_emulation.md quotes them):
+
+- training clock: starts when the first rank starts step 1 (first `train` record time minus its
+  `t_step`; the bench logs every step) and excludes validation passes (their duration is the gap
+  between a city's `eval` record and its `train` record of the same step), so launch and
+  evaluation cost, identical for every method, do not dilute the comparison.
+- validation curve: at each step where every city evaluated, the cities' RMSEs pooled by their
+  window counts; its time is the slowest city's.
+- time to target: the first point of the curve at or below the target RMSE (flat DDP's final).
+- compute utilisation: per rank, (t_data + t_compute) / t_step summed over all steps, averaged over
+  ranks; everything else inside a step is waiting for the LAN or the WAN.
+- WAN bytes: `bytes_sent` of the `wan` records (the trainer's exact accounting), and, when the
+  bench measured it, the IP bytes that really crossed the emulated WAN (`wire_bytes`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from train.metrics_log import read_records
+
+BENCH_FILE = "bench.json"  # written by the bench next to the run: method, wire bytes, link settings
+
+
+@dataclass
+class RunOutcome:
+    method: str
+    final_rmse: float
+    train_s: float  # training clock at the end (after the final sync)
+    curve: list[tuple[float, int, float]]  # (training seconds, step, pooled val RMSE)
+    wan_bytes: int  # accounted by the trainer, all ranks
+    wire_bytes: int | None  # measured on the emulated WAN, all cities
+    compute_util: float
+    wan_rounds: int
+
+    def time_to(self, target_rmse: float) -> float | None:
+        """Training seconds until the pooled validation RMSE first reaches `target_rmse`."""
+        return next((t for t, _, rmse in self.curve if rmse <= target_rmse), None)
+
+
+def _start_time(train: list[dict[str, Any]]) -> float:
+    first_step = min(r["step"] for r in train)
+    return min(r["time"] - r["t_step"] for r in train if r["step"] == first_step)
+
+
+def _eval_seconds(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> dict[tuple[int, int], float]:
+    """(city, step) -> seconds its validation pass took (from the eval record, else from the log gap)."""
+    train_time = {(r["global_rank"], r["step"]): r["time"] for r in train}
+    seconds: dict[tuple[int, int], float] = {}
+    for e in evals:
+        key = (e["city"], e["step"])
+        if key in seconds:
+            continue  # the final pass repeats the last periodic one
+        if "seconds" in e:
+            seconds[key] = e["seconds"]
+        elif (e["global_rank"], e["step"]) in train_time:
+            seconds[key] = max(0.0, e["time"] - train_time[(e["global_rank"], e["step"])])
+    return seconds
+
+
+def validation_curve(run_dir: Path) -> tuple[list[tuple[float, int, float]], float]:
+    """The pooled curve on the training clock, and the training clock at the last evaluation."""
+    train = read_records(run_dir, "train")
+    evals = [r for r in read_records(run_dir, "eval") if r.get("split", "val") == "val"]
+    if not train or not evals:
+        raise ValueError(f"{run_dir}: no train or eval records in metrics/ (did the run finish?)")
+    t0 = _start_time(train)
+    pauses = _eval_seconds(train, evals)
+    cities = {r["city"] for r in train}
+    by_step: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for e in evals:
+        by_step[e["step"]].setdefault(e["city"], e)
+    curve = []
+    for step in sorted(by_step):
+        at = by_step[step]
+        if set(at) != cities:
+            continue
+        paused = max(sum(s for (c, st), s in pauses.items() if c == city and st < step) for city in cities)
+        clock = max(e["time"] - pauses.get((c, step), 0.0) for c, e in at.items()) - t0 - paused
+        weight = sum(e["n_windows"] for e in at.values())
+        rmse = math.sqrt(sum(e["rmse"] ** 2 * e["n_windows"] for e in at.values()) / weight)
+        curve.append((clock, step, rmse))
+    return curve, curve[-1][0]
+
+
+def compute_utilisation(run_dir: Path) -> float:
+    per_rank: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in read_records(run_dir, "train"):
+        per_rank[r["global_rank"]][0] += r["t_data"] + r["t_compute"]
+        per_rank[r["global_rank"]][1] += r["t_step"]
+    return sum(busy / max(total, 1e-12) for busy, total in per_rank.values()) / len(per_rank)
+
+
+def read_outcome(run_dir: Path) -> RunOutcome:
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise ValueError(f"{summary_path} missing: the run did not finish")
+    summary = json.loads(summary_path.read_text())
+    bench_path = run_dir / BENCH_FILE
+    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else {}
+    curve, train_s = validation_curve(run_dir)
+    wan = read_records(run_dir, "wan")
+    return RunOutcome(
+        method=bench.get("method", summary["algorithm"]),
+        final_rmse=summary["overall"]["val_rmse"],
+        train_s=train_s,
+        curve=curve,
+        wan_bytes=sum(r["bytes_sent"] for r in wan),
+        wire_bytes=sum(bench["wire_bytes"]) if "wire_bytes" in bench else None,
+        compute_util=compute_utilisation(run_dir),
+        wan_rounds=summary["wan_rounds"],
+    )

@@ -1,0 +1,20 @@
+"""`crosscity report DIR`: a run directory gets a run report, a sweep directory a sweep table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    target = next((a for a in argv if not a.startswith("-")), None)
+    if target is not None and (Path(target) / "sweep.json").is_file():
+        from launch.sweep import report_main
+
+        return report_main(argv)
+    if target is not None and not Path(target).is_dir():
+        print(f"crosscity report: {target} is not a directory (expected a run or sweep directory)", file=sys.stderr)
+        return 2
+    from launch.run_report import main as run_report_main
+
+    return run_report_main(argv)

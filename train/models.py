@@ -1,0 +1,44 @@
+"""Forecast models: past L hours of all features at a station -> PM2.5 for the next K hours."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from train.config import ModelConfig
+
+
+class MLPForecaster(nn.Module):
+    """Flattens the window: cheap and strong enough to beat persistence."""
+
+    def __init__(self, past: int, n_inputs: int, horizon: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = past * n_inputs
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+            width = hidden
+        blocks.append(nn.Linear(width, horizon))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class GRUForecaster(nn.Module):
+    """Reads the window hour by hour; the last hidden state predicts all horizons."""
+
+    def __init__(self, n_inputs: int, horizon: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.gru = nn.GRU(n_inputs, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.head = nn.Linear(hidden, horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.head(out[:, -1])
+
+
+def build_model(cfg: ModelConfig, past: int, n_inputs: int, horizon: int) -> nn.Module:
+    if cfg.kind == "mlp":
+        return MLPForecaster(past, n_inputs, horizon, cfg.hidden, cfg.layers, cfg.dropout)
+    return GRUForecaster(n_inputs, horizon, cfg.hidden, cfg.layers, cfg.dropout)

@@ -1,0 +1,67 @@
+"""The end of a run: final model, summary.json (the demo's table) and the loss-curve plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.atomic_io import atomic_write, atomic_write_text
+from train.config import Config, to_dict
+from train.evaluate import pool_metrics
+from train.metrics_log import read_records
+
+
+def write_summary(run_dir: Path, cfg: Config, gathered: list[dict[str, Any]], model: nn.Module, wall_s: float) -> dict:
+    """`gathered` holds one entry per rank; local rank 0 of each city carries that city's eval sums."""
+    cities = []
+    for entry in sorted((g for g in gathered if g["sums"] is not None), key=lambda g: g["city"]):
+        samples = sum(g["samples"] for g in gathered if g["city"] == entry["city"])
+        cities.append({"city": entry["city"], "name": entry["name"], "samples": samples,
+                       **{f"val_{k}": v for k, v in pool_metrics([entry["sums"]]).items()}})
+    overall = pool_metrics([g["sums"] for g in gathered if g["sums"] is not None])
+    wan = read_records(run_dir, "wan")
+    summary = {
+        "cities": cities,
+        "overall": {f"val_{k}": v for k, v in overall.items()},
+        "wan_bytes_sent": sum(r["bytes_sent"] for r in wan),
+        "wan_rounds": len({r["round"] for r in wan}),
+        "wall_s": wall_s,
+        "steps": cfg.train.steps,
+        "algorithm": cfg.wan.algorithm,
+        "codec": cfg.wan.codec,
+    }
+    atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
+    final = Path(run_dir) / "final" / "model.pt"
+    state = {"model": model.state_dict(), "config": to_dict(cfg)}
+    atomic_write(final, lambda fh: torch.save(state, fh))
+    plot_loss_curves(run_dir)
+    return summary
+
+
+def plot_loss_curves(run_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_records(run_dir, "train")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for city in sorted({r["city"] for r in records}):
+        rows = sorted((r["step"], r["loss"]) for r in records if r["city"] == city and r["local_rank"] == 0)
+        ax.plot([s for s, _ in rows], [v for _, v in rows], label=f"city {city}")
+    ax.set_xlabel("inner step")
+    ax.set_ylabel("training loss (MSE, normalised PM2.5)")
+    ax.set_title("Training loss per city")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = Path(run_dir) / "plots" / "loss.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,63 @@
+"""Straggler detection: which rank of a city is slow, and for how long.
+
+Feed it the *busy* time of each rank (data wait + compute, not t_step): inside a city the LAN
+all-reduce makes every rank wait for the slowest, so total step times come out equal and only the
+time before the collective tells who is slow. Each rank is compared with the median of the OTHER
+ranks of its city, so a two-rank city works too (with the city-wide median, factor 2 could never
+be exceeded by one of two ranks). The same detector compares cities when fed one time per city.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+class StragglerDetector:
+    """Warns once per episode when a rank stays above `factor` x its peers' median for `consecutive` steps."""
+
+    def __init__(self, factor: float, consecutive: int) -> None:
+        if factor <= 1.0:
+            raise ValueError(f"straggler factor={factor}: must be > 1 (a rank slower than its peers)")
+        if consecutive < 1:
+            raise ValueError(f"straggler consecutive steps={consecutive}: must be >= 1")
+        self.factor = factor
+        self.consecutive = consecutive
+        self._run: dict[int, int] = {}  # rank -> consecutive slow steps so far
+        self._ratios: dict[int, list[float]] = {}  # rank -> ratios of the current slow run
+        self.episodes = 0
+
+    def update(self, step: int, times: dict[int, float]) -> list[dict[str, Any]]:
+        """Times (seconds) of this step by rank; returns `kind="event"` dicts for new episodes."""
+        events = []
+        for rank, t in sorted(times.items()):
+            peers = [v for r, v in times.items() if r != rank]
+            reference = statistics.median(peers) if peers else t
+            if reference > 0 and t > self.factor * reference:
+                self._run[rank] = self._run.get(rank, 0) + 1
+                self._ratios.setdefault(rank, []).append(t / reference)
+            else:
+                self._run.pop(rank, None)
+                self._ratios.pop(rank, None)
+                continue
+            if self._run[rank] == self.consecutive:
+                self.episodes += 1
+                ratio = statistics.median(self._ratios[rank])
+                events.append(
+                    {
+                        "kind": "event",
+                        "event": "straggler",
+                        "message": (
+                            f"rank {rank} slower than {self.factor:g}x its peers' median for "
+                            f"{self.consecutive} steps (median ratio {ratio:.2f}x, steps "
+                            f"{step - self.consecutive + 1}..{step})"
+                        ),
+                        "rank": rank,
+                        "step": step,
+                        "first_step": step - self.consecutive + 1,
+                        "ratio": round(ratio, 3),
+                        "peer_median_s": round(reference, 6),
+                        "time_s": round(t, 6),
+                    }
+                )
+        return events

@@ -1,0 +1,288 @@
+"""What one rank does: join the groups, train its city's data, meet the other cities over the WAN.
+
+`run_rank` is restartable: when any city is preempted, every rank checkpoints at the same step;
+the preempted city exits with EXIT_REQUEUE and the others start `run_rank` again in the next
+rendezvous generation, resuming from their checkpoints once the requeued city is back.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from data_prep.verify import full_check, quick_check
+from data_prep.windows import CityWindows
+from train.batches import BatchStream
+from train.checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.config import Config, load_config
+from train.evaluate import evaluate, pool_metrics
+from train.lan_allreduce import allreduce_gradients, ring_allreduce_bytes
+from train.metrics_log import MetricsLog
+from train.models import build_model
+from train.process_groups import destroy_groups, init_groups, pick_backend
+from train.rendezvous import advance_generation, connect_store, generation, generation_store
+from train.run_summary import write_summary
+from train.topology import Topology
+from train.wan_averager import InterCitySync, WanRound, build_sync
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
+RESTART = -1
+
+
+def city_names(cfg: Config) -> list[str]:
+    if cfg.data.cities:
+        return list(cfg.data.cities)
+    root = Path(cfg.data.dir)
+    names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+    if len(names) < cfg.topology.cities:
+        raise FileNotFoundError(
+            f"data.dir={root}: found {len(names)} prepared cities {names}, topology.cities={cfg.topology.cities}; "
+            "run `crosscity prep` first"
+        )
+    return names[: cfg.topology.cities]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StopFlag:
+    """Set by the requeue signal; read at step boundaries, never acted on inside the handler."""
+
+    def __init__(self, signame: str) -> None:
+        self.raised = False
+        signal.signal(getattr(signal, f"SIG{signame}"), self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+
+@dataclass
+class RankState:
+    step: int = 0
+    samples: int = 0
+
+
+class Trainer:
+    """One rank's training loop; small methods so each phase can be read on its own."""
+
+    def __init__(self, run_dir: Path, cfg: Config, topo: Topology, store: dist.Store, stop: StopFlag) -> None:
+        self.run_dir, self.cfg, self.topo, self.stop = run_dir, cfg, topo, stop
+        self.gen = generation(store)
+        seed_everything(cfg.train.seed)  # same init on every rank of every city
+        backend = pick_backend(cfg.lan.backend)
+        self.groups = init_groups(topo, generation_store(store, self.gen), backend)
+        self.store = store
+        self.flat = cfg.wan.algorithm == "flat"
+        self.lan_group = self.groups.world if self.flat else self.groups.city
+
+        self.city_name = city_names(cfg)[topo.city]
+        city_dir = Path(cfg.data.dir) / self.city_name
+        if cfg.data.verify != "off":
+            (full_check if cfg.data.verify == "full" else quick_check)(city_dir)
+        window = {"past": cfg.data.past_hours, "horizon": cfg.data.horizon_hours, "target": cfg.data.target}
+        self.train_ds = CityWindows(city_dir, split="train", **window)
+        self.val_ds = CityWindows(city_dir, split="val", **window)
+        data_seed = cfg.train.seed * 1_000_003 + topo.city
+        self.batches = BatchStream(
+            self.train_ds, topo.local_rank, topo.ranks_per_city, cfg.data.batch_size, data_seed, cfg.data.num_workers
+        )
+
+        self.model = build_model(cfg.model, cfg.data.past_hours, self.train_ds.n_inputs, cfg.data.horizon_hours)
+        self.optimizer = self._build_optimizer()
+        seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
+        self.sync: InterCitySync = build_sync(cfg.wan, self.model, self.optimizer, topo, self.groups)
+        self.state = RankState()
+        self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self._resume()
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        if o.name == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _ckpt_path(self) -> Path:
+        return checkpoint_path(self.run_dir, self.topo.city, self.topo.local_rank)
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self._ckpt_path())
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sync.load_state_dict(state["sync"])
+        self.batches.load_state_dict(state["batches"])
+        self.state = RankState(**state["rank"])
+        set_rng_state(state["rng"])
+        self.log.step = self.state.step
+        self.log.write("event", event="resume", message=f"resumed at step {self.state.step} (generation {self.gen})")
+
+    def save(self) -> None:
+        save_checkpoint(
+            self._ckpt_path(),
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "sync": self.sync.state_dict(),
+                "batches": self.batches.state_dict(),
+                "rank": vars(self.state).copy(),
+                "rng": rng_state(),
+            },
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        x, y, mask = self.batches.next()
+        t1 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=False)
+        pred = self.model(x)
+        loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
+        loss.backward()
+        t2 = time.perf_counter()
+        votes = allreduce_gradients(self.model, self.lan_group, self.cfg.lan.grad_dtype, float(self.stop.raised))
+        t3 = time.perf_counter()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        t4 = time.perf_counter()
+        self.state.step += 1
+        self.state.samples += len(x)
+        self.log.step = self.state.step
+        wan_round = self.sync.after_step(self.state.step, len(x))
+        t5 = time.perf_counter()
+        if wan_round is not None:
+            self._log_round(wan_round)
+        return {
+            "loss": float(loss),
+            "votes": votes,
+            "t_data": t1 - t0,
+            "t_compute": (t2 - t1) + (t4 - t3),
+            "t_lan": 0.0 if self.flat else t3 - t2,
+            "t_wan": (t3 - t2 if self.flat else 0.0) + (t5 - t4),
+            "t_step": t5 - t0,
+            "round": wan_round is not None,
+        }
+
+    def _log_round(self, r: WanRound) -> None:
+        self.log.write(
+            "wan", round=r.round, bytes_sent=r.bytes_sent, bytes_recv=r.bytes_recv, seconds=r.seconds,
+            codec=self.cfg.wan.codec, participants=r.participants, fragment=r.fragment, **r.extra,
+        )
+
+    def _flat_step_bytes(self) -> int:
+        """Gradient bytes this rank puts on the WAN per flat step: only the ring hop leaving its city."""
+        last_in_city = self.topo.local_rank == self.topo.ranks_per_city - 1
+        n = self.n_params + 1
+        size = 2 if self.cfg.lan.grad_dtype != "fp32" else 4
+        return ring_allreduce_bytes(n, size, self.topo.world_size) if last_in_city and self.topo.num_cities > 1 else 0
+
+    def _agree_to_stop(self, votes: float, at_round: bool) -> tuple[bool, bool]:
+        """(stop now?, is my city the one leaving?). Cities agree only at rounds: no extra WAN trips."""
+        if self.flat:  # the world all-reduce already carried every rank's vote
+            return votes > 0, self.stop.raised
+        mine = votes > 0
+        if not at_round:
+            return False, False
+        flag = torch.tensor([1.0 if mine else 0.0])
+        dist.all_reduce(flag, group=self.groups.world)
+        return bool(flag.item() > 0), mine
+
+    def evaluate_city(self) -> dict[str, float]:
+        sums = evaluate(self.model, self.val_ds, max_windows=self.cfg.train.max_val_windows)
+        metrics = pool_metrics([sums])
+        self.log.write("eval", split="val", city_name=self.city_name, **metrics)
+        return sums
+
+    def run(self) -> int:
+        cfg = self.cfg
+        t_start, last_log = time.perf_counter(), time.perf_counter()
+        flat_bytes = self._flat_step_bytes() if self.flat else 0
+        while self.state.step < cfg.train.steps:
+            m = self.train_step()
+            if self.flat and flat_bytes:
+                self.log.write("wan", round=self.state.step, bytes_sent=flat_bytes, bytes_recv=flat_bytes,
+                               seconds=m["t_wan"], codec="none", participants=list(range(self.topo.num_cities)), fragment=None)
+            if self.state.step % cfg.train.log_every == 0 or self.state.step == cfg.train.steps:
+                self.log.write("train", loss=m["loss"], samples=self.state.samples,
+                               samples_per_s=len_batch(cfg) / max(m["t_step"], 1e-9),
+                               **{k: m[k] for k in ("t_data", "t_compute", "t_lan", "t_wan", "t_step")})
+                if self.topo.global_rank == 0 and time.perf_counter() - last_log > 5:
+                    last_log = time.perf_counter()
+                    progress(self.state.step, cfg.train.steps, time.perf_counter() - t_start, m["loss"])
+            stop, leaving = self._agree_to_stop(m["votes"], m["round"] or self.flat)
+            if stop:
+                return self._stop_for_requeue(leaving)
+            if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
+                self.save()
+            if cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0 and self.topo.local_rank == 0:
+                self.evaluate_city()
+        return self._finish(time.perf_counter() - t_start)
+
+    def _stop_for_requeue(self, leaving: bool) -> int:
+        self.save()
+        self.log.write("event", event="preempt", message=f"checkpointed at step {self.state.step}; leaving={leaving}")
+        if self.topo.global_rank == 0:
+            advance_generation(self.store)
+        dist.barrier(group=self.groups.world)
+        self.log.close()
+        destroy_groups()
+        return EXIT_REQUEUE if leaving else RESTART
+
+    def _finish(self, wall_s: float) -> int:
+        final = self.sync.finish()
+        if final is not None:
+            self._log_round(final)
+        self.log.step = self.state.step
+        sums = self.evaluate_city() if self.topo.local_rank == 0 else None
+        gathered: list[Any] = [None] * self.topo.world_size
+        dist.all_gather_object(gathered, {"city": self.topo.city, "name": self.city_name, "samples": self.state.samples, "sums": sums})
+        self.save()
+        if self.topo.global_rank == 0:
+            write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s)
+        dist.barrier(group=self.groups.world)
+        self.log.close()
+        destroy_groups()
+        return 0
+
+
+def len_batch(cfg: Config) -> int:
+    return cfg.data.batch_size
+
+
+def progress(step: int, total: int, elapsed: float, loss: float) -> None:
+    rate = step / max(elapsed, 1e-9)
+    eta = (total - step) / max(rate, 1e-9)
+    print(f"[train] step {step}/{total}  loss {loss:.4f}  {rate:.1f} steps/s  ETA {eta:.0f}s", flush=True)
+
+
+def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
+    """Entry point of one rank (what launchers start). Returns the process exit code."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    topo = topo or Topology.from_env()
+    torch.set_num_threads(1)
+    stop = StopFlag(cfg.train.requeue_signal)
+    store = connect_store(run_dir)
+    while True:
+        code = Trainer(run_dir, cfg, topo, store, stop).run()
+        if code != RESTART:
+            return code
+        stop.raised = False
+        print(f"[rank {topo.global_rank}] waiting for the preempted city to rejoin", file=sys.stderr, flush=True)
