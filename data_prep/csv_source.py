@@ -269,17 +269,19 @@ class CsvSource:
         )
         unknown = ~np.isin(stations, list(self.stations))
         problems += [
-            (int(i), "unknown_station", f"station {stations[i]!r} is in no city of the cities file")
+            (int(i), "unknown_station", f"station {str(stations[i])!r} is in no city of the cities file")
             for i in np.flatnonzero(unknown)
         ]
         keep = np.ones(n, dtype=bool)
         keep[[p[0] for p in problems]] = False
         problems += self._order(stations, time, keep, lines)
-        problems.sort(key=lambda p: p[0])
+        problems.sort(key=lambda p: p[0])  # stable: a row's first problem (in column order) is reported
+        reported: set[int] = set()
         for i, kind, message in problems:
-            if keep[i] or kind in ("unsorted_time", "duplicate_time"):
+            if i not in reported:
                 self.bad.report(self.path, lines[i], kind, message)
-            keep[i] = False
+                reported.add(i)
+        keep[list(reported)] = False
         values[~mask] = 0.0
         return RowChunk(
             stations=stations[keep],
@@ -364,7 +366,7 @@ class CsvSource:
     ) -> list[tuple[int, str, str]]:
         """Rows of a station must have strictly increasing time within a file."""
         problems = []
-        for station in np.unique(stations[keep]):
+        for station in map(str, np.unique(stations[keep])):
             idx = np.flatnonzero(keep & (stations == station))
             t = time[idx]
             prev = np.maximum.accumulate(

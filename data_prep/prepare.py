@@ -20,7 +20,6 @@ from typing import Any
 from data_prep.csv_source import BAD_CLASSES, BadInput, CsvSource
 from data_prep.errors import DataPrepError, InputError
 from data_prep.manifest import (
-    GLOBAL_STATS,
     MANIFEST,
     commit_manifest,
     finish_manifest,
@@ -108,6 +107,107 @@ def _clean_leftovers(root: Path, cities: Cities) -> None:
             tmp.unlink()
 
 
+@dataclass
+class _Pending:
+    """A city's next manifest and the shard files it adds and supersedes (not committed yet)."""
+
+    city_dir: Path
+    manifest: dict[str, Any]
+    written: list[str]
+    superseded: list[str]
+    counts: MergeCounts
+
+
+def _stage_inputs(
+    root: Path,
+    schema: Schema,
+    cities: Cities,
+    inputs: list[Path],
+    bad: BadInput,
+    report: PrepReport,
+    progress: bool,
+) -> Staging:
+    """Parse every input in bounded chunks into the staging area (memory does not grow with input)."""
+    for path in inputs:
+        if not path.is_file():
+            raise InputError(f"{path}: input file not found")
+    city_of = cities.city_of
+    staging = Staging(root / STAGING, len(schema.feature_names))
+    meter = Progress("prep", sum(p.stat().st_size for p in inputs), enabled=progress)
+    done_bytes = 0
+    for index, path in enumerate(inputs):
+        for chunk in CsvSource(path, schema, set(city_of), bad).chunks():
+            staging.add(chunk, city_of, index)
+            report.rows_read += len(chunk.time)
+            meter.update(done_bytes + chunk.bytes_read, report.rows_read)
+        done_bytes += path.stat().st_size
+    return staging
+
+
+def _merge_city(
+    root: Path,
+    city: str,
+    stations: list[str],
+    schema: Schema,
+    staging: Staging,
+    on_conflict: str,
+    inputs: list[Path],
+) -> _Pending:
+    """Merge the staged rows of one city into new shard files; the old version stays untouched."""
+    city_dir = root / city
+    city_dir.mkdir(exist_ok=True)
+    features = schema.feature_names
+    m = load_manifest(city_dir) if (city_dir / MANIFEST).exists() else new_manifest(city, stations, schema)
+    if [f["name"] for f in m["features"]] != features:
+        raise DataPrepError(
+            f"{city_dir / MANIFEST}: features {m['features']} differ from the schema's {features}"
+        )
+    by_key = {(s["station"], s["year"]): s for s in m["shards"]}
+    pending = _Pending(city_dir, m, [], [], MergeCounts())
+
+    def where(src: int) -> str:
+        return f"{inputs[src >> 32]}:{src & 0xFFFFFFFF}"
+
+    try:
+        for _, station, year in [k for k in staging.shard_keys() if k[0] == city]:
+            old = by_key.get((station, year))
+            existing = read_shard(city_dir / old["file"]) if old else None
+            time_, values, mask, src = staging.load((city, station, year))
+            label = f"station {station!r} (city {city})"
+            merged, counts = merge_rows(
+                existing, time_, values, mask, src, policy=on_conflict, where=where, label=label
+            )
+            pending.counts += counts
+            if merged is None:
+                continue
+            entry = write_shard(
+                city_dir,
+                city=city,
+                station=station,
+                station_id=stations.index(station),
+                year=year,
+                version=m["version"] + 1,
+                features=features,
+                fill_hours=schema.gap_fill_hours,
+                rows=merged,
+            )
+            pending.written.append(entry["file"])
+            if old:
+                pending.superseded.append(old["file"])
+            by_key[(station, year)] = entry
+    except BaseException:
+        _discard([pending])
+        raise
+    m["shards"] = list(by_key.values())
+    return pending
+
+
+def _discard(pendings: list[_Pending]) -> None:
+    for p in pendings:
+        for name in p.written:
+            (p.city_dir / name).unlink(missing_ok=True)
+
+
 def _ingest(
     root: Path,
     schema: Schema,
@@ -117,87 +217,42 @@ def _ingest(
     on_conflict: str,
     progress: bool,
 ) -> PrepReport:
+    """Parse, merge every city (conflicts fail before anything is committed), then commit each city."""
     start = time.monotonic()
     report = PrepReport(inputs=[str(p) for p in inputs])
-    for path in inputs:
-        if not Path(path).is_file():
-            raise InputError(f"{path}: input file not found")
     bad = BadInput(on_bad_input)
-    city_of = cities.city_of
-    features = schema.feature_names
-    staging = Staging(root / STAGING, len(features))
-    meter = Progress("prep", sum(Path(p).stat().st_size for p in inputs), enabled=progress)
-    done_bytes = 0
-    for index, path in enumerate(inputs):
-        for chunk in CsvSource(Path(path), schema, set(city_of), bad).chunks():
-            staging.add(chunk, city_of, index)
-            report.rows_read += len(chunk.time)
-            meter.update(done_bytes + chunk.bytes_read, report.rows_read)
-        done_bytes += Path(path).stat().st_size
+    staging = _stage_inputs(root, schema, cities, inputs, bad, report, progress)
     report.skipped = {k: bad.skipped[k] for k in BAD_CLASSES}
-
-    def where(src: int) -> str:
-        return f"{inputs[src >> 32]}:{src & 0xFFFFFFFF}"
-
-    for city, stations in cities.stations.items():
-        city_dir = root / city
-        city_dir.mkdir(exist_ok=True)
-        m = (
-            load_manifest(city_dir)
-            if (city_dir / MANIFEST).exists()
-            else new_manifest(city, stations, schema)
-        )
-        if [f["name"] for f in m["features"]] != features:
-            raise DataPrepError(
-                f"{city_dir / MANIFEST}: features {m['features']} differ from schema {features}"
-            )
-        by_key = {(s["station"], s["year"]): s for s in m["shards"]}
-        version = m["version"] + 1
-        counts = MergeCounts()
-        superseded = []
-        for key in [k for k in staging.shard_keys() if k[0] == city]:
-            _, station, year = key
-            old = by_key.get((station, year))
-            existing = read_shard(city_dir / old["file"]) if old else None
-            time_, values, mask, src = staging.load(key)
-            label = f"station {station!r} (city {city})"
-            merged, c = merge_rows(
-                existing, time_, values, mask, src, policy=on_conflict, where=where, label=label
-            )
-            counts += c
-            if merged is None:
-                continue
-            entry = write_shard(
-                city_dir,
-                city=city,
-                station=station,
-                station_id=stations.index(station),
-                year=year,
-                version=version,
-                features=features,
-                fill_hours=schema.gap_fill_hours,
-                rows=merged,
-            )
-            if old:
-                superseded.append(old["file"])
-            by_key[(station, year)] = entry
-        report.rows_added += counts.added
-        report.rows_replaced += counts.replaced
-        report.rows_unchanged += counts.unchanged
-        report.input_duplicates += counts.input_duplicates
-        if counts.added or counts.replaced:
-            m["shards"] = list(by_key.values())
-            finish_manifest(m, report.inputs, {"rows_added": counts.added, "rows_replaced": counts.replaced})
-            commit_manifest(city_dir, m)
-            for name in superseded:
-                (city_dir / name).unlink(missing_ok=True)
-        if m["version"]:
-            report.cities[city] = {"version": m["version"], "rows": m["rows"], "gaps": m["gaps"]}
+    pendings: list[_Pending] = []
+    try:
+        for city, stations in cities.stations.items():
+            pendings.append(_merge_city(root, city, stations, schema, staging, on_conflict, inputs))
+    except BaseException:
+        _discard(pendings)
+        raise
+    for p in pendings:
+        c = p.counts
+        report.rows_added += c.added
+        report.rows_replaced += c.replaced
+        report.rows_unchanged += c.unchanged
+        report.input_duplicates += c.input_duplicates
+        if c.added or c.replaced:
+            finish_manifest(p.manifest, report.inputs, {"rows_added": c.added, "rows_replaced": c.replaced})
+            commit_manifest(p.city_dir, p.manifest)  # the commit point of this city's new version
+            for name in p.superseded:
+                (p.city_dir / name).unlink(missing_ok=True)
+        if p.manifest["version"]:
+            m = p.manifest
+            report.cities[m["city"]] = {"version": m["version"], "rows": m["rows"], "gaps": m["gaps"]}
     staging.remove()
     write_global_stats(root)
     report.seconds = time.monotonic() - start
     atomic_write_text(root / REPORT, report.to_json())
     return report
+
+
+def _policies(schema: Schema, on_bad_input: str | None, on_conflict: str | None) -> tuple[str, str]:
+    return on_bad_input or schema.on_bad_input, on_conflict or schema.on_conflict
 
 
 def prepare(
@@ -209,7 +264,10 @@ def prepare(
     on_bad_input: str | None = None,
     on_conflict: str | None = None,
 ) -> PrepReport:
-    """Create a new dataset at out_dir (must not hold one yet). Policies default to the schema's."""
+    """Create a new dataset in out_dir (new or empty). Policies default to the schema's.
+
+    On any error nothing is left behind: out_dir is emptied again (never a partial dataset).
+    """
     root = Path(out_dir)
     sch, cit = load_schema(schema), load_cities(cities)
     if not inputs:
@@ -218,20 +276,26 @@ def prepare(
         raise DataPrepError(
             f"{root}: already holds a dataset; use `crosscity prep append --data {root} INPUT...`"
         )
+    if root.exists() and any(root.iterdir()):
+        raise DataPrepError(f"{root}: not empty; prep writes a new dataset into an empty or new folder")
     root.mkdir(parents=True, exist_ok=True)
-    with _Lock(root):
-        report = _ingest(
-            root,
-            sch,
-            cit,
-            [Path(p) for p in inputs],
-            on_bad_input or sch.on_bad_input,
-            on_conflict or sch.on_conflict,
-            progress,
-        )
-        # the schema copy marks the dataset complete; append reads it back
-        atomic_write_text(root / CITIES_COPY, Path(cities).read_text(encoding="utf-8"))
-        atomic_write_text(root / SCHEMA_COPY, Path(schema).read_text(encoding="utf-8"))
+    try:
+        with _Lock(root):
+            report = _ingest(
+                root,
+                sch,
+                cit,
+                [Path(p) for p in inputs],
+                *_policies(sch, on_bad_input, on_conflict),
+                progress,
+            )
+            # the schema copy is written last: it marks the dataset complete, and append reads it back
+            atomic_write_text(root / CITIES_COPY, Path(cities).read_text(encoding="utf-8"))
+            atomic_write_text(root / SCHEMA_COPY, Path(schema).read_text(encoding="utf-8"))
+    except BaseException:
+        for child in root.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
     return report
 
 
@@ -252,18 +316,9 @@ def append(
     with _Lock(root):
         _clean_leftovers(root, cit)
         return _ingest(
-            root,
-            sch,
-            cit,
-            [Path(p) for p in inputs],
-            on_bad_input or sch.on_bad_input,
-            on_conflict or sch.on_conflict,
-            progress,
+            root, sch, cit, [Path(p) for p in inputs], *_policies(sch, on_bad_input, on_conflict), progress
         )
 
 
 def print_report(report: PrepReport) -> None:
     print(f"prep: {report.summary()}", file=sys.stderr)
-
-
-__all__ = ["GLOBAL_STATS", "PrepReport", "append", "prepare", "print_report"]

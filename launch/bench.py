@@ -12,12 +12,18 @@ BENCHES = {"wan": "wan/run_bench.py", "data": "data/run_bench.py", "monitor": "m
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHES:
-        print(f"usage: crosscity bench {{{','.join(BENCHES)}}} [options]  (run from a clone: needs {BENCH_ROOT})",
-              file=sys.stderr)
+        print(
+            f"usage: crosscity bench {{{','.join(BENCHES)}}} [options]  "
+            f"(run from a clone: needs {BENCH_ROOT})",
+            file=sys.stderr,
+        )
         return 2
     path = BENCH_ROOT / BENCHES[argv[0]]
     if not path.is_file():
-        print(f"crosscity bench: {path} not found; benchmarks run from a git clone of crosscity", file=sys.stderr)
+        print(
+            f"crosscity bench: {path} not found; benchmarks run from a git clone of crosscity",
+            file=sys.stderr,
+        )
         return 2
     spec = importlib.util.spec_from_file_location(f"crosscity_bench_{argv[0]}", path)
     assert spec and spec.loader

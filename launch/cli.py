@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run cities x ranks as local processes (gloo on CPU)",
         description="Start topology.cities x topology.ranks_per_city processes on this machine.",
-        epilog="example:\n  crosscity run configs/beijing_mlp.yaml topology.cities=2 train.steps=200 wan.codec=int8",
+        epilog="example:\n  crosscity run configs/beijing_mlp.yaml topology.cities=2 wan.codec=int8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("config", help="YAML config (see README: config keys)")
@@ -53,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="per-rank entry point that launchers start (reads RUN_DIR/config.yaml)",
-        description="Run one rank. The topology comes from CROSSCITY_* (local launcher), Slurm, torchrun or MPI "
-        "variables; rendezvous from MASTER_ADDR/MASTER_PORT or RUN_DIR/coordinator.json.",
-        epilog="example:\n  CROSSCITY_CITY=0 CROSSCITY_NUM_CITIES=1 CROSSCITY_LOCAL_RANK=0 CROSSCITY_RANKS_PER_CITY=1 \\\n"
+        description="Run one rank. The topology comes from CROSSCITY_* (local launcher), Slurm, torchrun "
+        "or MPI variables; rendezvous from MASTER_ADDR/MASTER_PORT or RUN_DIR/coordinator.json.",
+        epilog="example:\n  CROSSCITY_CITY=0 CROSSCITY_NUM_CITIES=1 \\\n"
+        "  CROSSCITY_LOCAL_RANK=0 CROSSCITY_RANKS_PER_CITY=1 \\\n"
         "  MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 crosscity train runs/x",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

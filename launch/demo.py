@@ -16,12 +16,18 @@ DEMO_CONFIG = Path(str(resources.files("launch") / "demo.yaml"))
 def format_summary(summary: dict, wall_s: float) -> str:
     rows = [f"{'city':<10}{'samples':>10}{'val RMSE':>11}{'persistence':>13}{'val MAE':>10}   (ug/m3)"]
     for c in summary["cities"]:
-        rows.append(f"{c['name']:<10}{c['samples']:>10}{c['val_rmse']:>11.2f}{c['val_persistence_rmse']:>13.2f}{c['val_mae']:>10.2f}")
+        rows.append(
+            f"{c['name']:<10}{c['samples']:>10}{c['val_rmse']:>11.2f}{c['val_persistence_rmse']:>13.2f}{c['val_mae']:>10.2f}"
+        )
     o = summary["overall"]
-    rows.append(f"{'overall':<10}{sum(c['samples'] for c in summary['cities']):>10}{o['val_rmse']:>11.2f}"
-                f"{o['val_persistence_rmse']:>13.2f}{o['val_mae']:>10.2f}")
-    rows.append(f"WAN bytes sent: {summary['wan_bytes_sent'] / 1e6:.2f} MB in {summary['wan_rounds']} rounds "
-                f"({summary['algorithm']}, codec {summary['codec']});  wall time {wall_s:.0f} s")
+    rows.append(
+        f"{'overall':<10}{sum(c['samples'] for c in summary['cities']):>10}{o['val_rmse']:>11.2f}"
+        f"{o['val_persistence_rmse']:>13.2f}{o['val_mae']:>10.2f}"
+    )
+    rows.append(
+        f"WAN bytes sent: {summary['wan_bytes_sent'] / 1e6:.2f} MB in {summary['wan_rounds']} rounds "
+        f"({summary['algorithm']}, codec {summary['codec']});  wall time {wall_s:.0f} s"
+    )
     return "\n".join(rows)
 
 
@@ -29,7 +35,9 @@ def run_demo(out: Path, overrides: list[str]) -> int:
     start = time.perf_counter()
     data_dir = out / "data"
     if not all((data_dir / c / "manifest.json").is_file() for c in ("north", "east", "west", "centre")):
-        print(f"[demo] preparing the shipped Beijing data (12 stations -> 4 cities) into {data_dir}", flush=True)
+        print(
+            f"[demo] preparing the shipped Beijing data (12 stations -> 4 cities) into {data_dir}", flush=True
+        )
         code = prep_cli.main(["--preset", "beijing", "--out", str(data_dir)])
         if code != 0:
             return code
@@ -38,5 +46,7 @@ def run_demo(out: Path, overrides: list[str]) -> int:
         return code
     summary = json.loads((out / "summary.json").read_text())
     print(format_summary(summary, time.perf_counter() - start))
-    print(f"[demo] run directory: {out} (config.yaml, metrics/, final/model.pt, plots/loss.png, summary.json)")
+    print(
+        f"[demo] run directory: {out} (config.yaml, metrics/, final/model.pt, plots/loss.png, summary.json)"
+    )
     return 0

@@ -39,7 +39,7 @@ class JobState:
     state: str  # Slurm's base state (PENDING, RUNNING, COMPLETED, CANCELLED, ...) or UNKNOWN
     exit_code: int | None
     restarts: int
-    source: str  # scontrol | sacct | none
+    source: str  # scontrol | sacct | local | none
 
     @property
     def finished(self) -> bool:
@@ -162,14 +162,26 @@ def load_jobs(folder: Path) -> dict:
         raise SystemExit(f"crosscity status: {path}: not valid JSON ({exc})") from None
 
 
+def entry_states(jobs: dict) -> dict[str, JobState]:
+    """Entry name -> state: a local run's recorded exit code, else the Slurm job's state."""
+    slurm = query_states(e["job"] for e in jobs["entries"] if "exit_code" not in e)
+    out = {}
+    for e in jobs["entries"]:
+        if "exit_code" in e:
+            state = "COMPLETED" if e["exit_code"] == 0 else "FAILED"
+            out[e["name"]] = JobState(e["job"], state, e["exit_code"], 0, "local")
+        else:
+            out[e["name"]] = slurm[e["job"]]
+    return out
+
+
 def status_rows(folder: Path) -> list[dict]:
     """One row per entry of jobs.json (a city of a run, or a point of a sweep)."""
     jobs = load_jobs(folder)
-    entries = jobs["entries"]
-    states = query_states(e["job"] for e in entries)
+    states = entry_states(jobs)
     rows = []
-    for e in entries:
-        st = states[e["job"]]
+    for e in jobs["entries"]:
+        st = states[e["name"]]
         run_dir = Path(e["run_dir"])
         rows.append(
             {

@@ -8,6 +8,7 @@ task, while the other cities wait for it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -31,7 +32,9 @@ class LaunchError(RuntimeError):
     """A rank failed; the message names it and shows the end of its log."""
 
 
-def prepare_run_dir(config: str | Path | None, overrides: list[str], run_dir: str | Path | None = None) -> tuple[Config, Path]:
+def prepare_run_dir(
+    config: str | Path | None, overrides: list[str], run_dir: str | Path | None = None
+) -> tuple[Config, Path]:
     """Resolve the config and write it into the run directory (the ranks read it from there)."""
     cfg = load_config(config, overrides)
     if run_dir is not None:
@@ -44,10 +47,8 @@ def prepare_run_dir(config: str | Path | None, overrides: list[str], run_dir: st
 
 def _die_with_parent() -> None:
     """Linux: the child gets SIGKILL if the launcher dies, so no rank is ever orphaned."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
     os.setsid()
 
 
@@ -71,17 +72,35 @@ class LocalLauncher:
     ranks: dict[int, RankProcess] = field(default_factory=dict)
 
     def _spawn(self, topo: Topology, port: int) -> RankProcess:
-        env = {**os.environ, **topo.to_env(), "MASTER_ADDR": self.store_host, "MASTER_PORT": str(port),
-               "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            **topo.to_env(),
+            "MASTER_ADDR": self.store_host,
+            "MASTER_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         if self.city_env:
             env.update(self.city_env(topo.city))
-        cmd = [*(self.city_prefix(topo.city) if self.city_prefix else []), sys.executable, "-m", "launch.cli", "train", str(self.run_dir)]
+        cmd = [
+            *(self.city_prefix(topo.city) if self.city_prefix else []),
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "train",
+            str(self.run_dir),
+        ]
         log_path = self.run_dir / "logs" / f"city{topo.city}_rank{topo.local_rank}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         echo = self.echo and topo.global_rank == 0
         log = log_path.open("ab")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE if echo else log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         rank = RankProcess(topo, proc, log_path)
         if echo:
             rank.echo_thread = threading.Thread(target=_tee, args=(proc, log), daemon=True)
@@ -125,7 +144,10 @@ class LocalLauncher:
                     requeues[city] += 1
                     if requeues[city] > self.max_requeues:
                         raise LaunchError(f"city {city} was preempted more than {self.max_requeues} times")
-                    print(f"[launch] city {city} checkpointed for requeue; restarting it ({requeues[city]})", flush=True)
+                    print(
+                        f"[launch] city {city} checkpointed for requeue; restarting it ({requeues[city]})",
+                        flush=True,
+                    )
                     self._spawn_city(city, store.port)
                 if all(c == 0 for c in codes.values()):
                     return 0
@@ -150,15 +172,15 @@ class LocalLauncher:
         r = self.ranks[rank]
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         tail = _tail(r.log_path, 15)
-        return (f"rank {rank} (city {r.topo.city}, local rank {r.topo.local_rank}) failed: {how}; "
-                f"stopped all ranks. Log {r.log_path}:\n{tail}")
+        return (
+            f"rank {rank} (city {r.topo.city}, local rank {r.topo.local_rank}) failed: {how}; "
+            f"stopped all ranks. Log {r.log_path}:\n{tail}"
+        )
 
 
 def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _tee(proc: subprocess.Popen, log) -> None:

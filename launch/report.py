@@ -13,7 +13,10 @@ def main(argv: list[str]) -> int:
 
         return report_main(argv)
     if target is not None and not Path(target).is_dir():
-        print(f"crosscity report: {target} is not a directory (expected a run or sweep directory)", file=sys.stderr)
+        print(
+            f"crosscity report: {target} is not a directory (expected a run or sweep directory)",
+            file=sys.stderr,
+        )
         return 2
     from launch.run_report import main as run_report_main
 

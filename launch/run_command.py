@@ -17,14 +17,18 @@ def check_data(cfg: Config) -> None:
     for name in city_names(cfg):
         city_dir = Path(cfg.data.dir) / name
         if not (city_dir / "manifest.json").is_file():
-            raise FileNotFoundError(f"data.dir={cfg.data.dir}: city {name!r} has no manifest.json; run `crosscity prep`")
+            raise FileNotFoundError(
+                f"data.dir={cfg.data.dir}: city {name!r} has no manifest.json; run `crosscity prep`"
+            )
         if cfg.data.verify == "full":
             full_check(city_dir)
         elif cfg.data.verify == "quick":
             quick_check(city_dir)
 
 
-def run_command(config: str | Path | None, overrides: list[str], run_dir: Path | None = None, echo: bool = True) -> int:
+def run_command(
+    config: str | Path | None, overrides: list[str], run_dir: Path | None = None, echo: bool = True
+) -> int:
     cfg, path = prepare_run_dir(config, overrides, run_dir)
     try:
         check_data(cfg)
@@ -32,7 +36,8 @@ def run_command(config: str | Path | None, overrides: list[str], run_dir: Path |
         print(f"crosscity run: {exc}", file=sys.stderr)
         return 2
     print(
-        f"[launch] {cfg.topology.cities} cities x {cfg.topology.ranks_per_city} ranks, wan.algorithm={cfg.wan.algorithm} "
+        f"[launch] {cfg.topology.cities} cities x {cfg.topology.ranks_per_city} ranks, "
+        f"wan.algorithm={cfg.wan.algorithm} "
         f"codec={cfg.wan.codec}, run dir {path}",
         flush=True,
     )

@@ -111,6 +111,11 @@ def _mean(values: Iterable[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
+def _max(values: Iterable[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -149,10 +154,10 @@ def straggler_findings(run: Run) -> list[dict[str, Any]]:
     """
     factor = float(run.cfg("monitor", "straggler_factor", 2.0))
     steps = int(run.cfg("monitor", "straggler_steps", 20))
-    every = max(1, int(run.cfg("train", "log_every", 1)))
+    every = int(run.cfg("train", "log_every", 1))
     found = []
     for city in run.cities():
-        det = StragglerDetector(factor, max(1, math.ceil(steps / every)))
+        det = StragglerDetector.per_check(factor, steps, every)
         by_step: dict[int, dict[int, float]] = defaultdict(dict)
         for r in run.of_city("train", city):
             by_step[r["step"]][r["local_rank"]] = r.get("t_data", 0.0) + r.get("t_compute", 0.0)
@@ -248,6 +253,8 @@ class Plots:
             heights = [1000 * parts[c][key] for c in cities]
             ax.bar(range(len(cities)), heights, 0.6, bottom=bottom, label=name)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        ax.bar_label(ax.containers[-1], labels=[f"{b:.0f} ms" for b in bottom])
+        ax.margins(y=0.12)
         ax.set_xticks(range(len(cities)), [run.label(c) for c in cities], rotation=15)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         self._save(fig, "step_time.png", title)
@@ -432,14 +439,14 @@ def _section_devices(run: Run) -> str:
                     f"{rs[0].get('gpu')} {rs[0].get('name', '')}",
                     len(rs),
                     _mean(r.get("util_gpu_pct") for r in rs),
-                    max((r.get("mem_used_mib", 0) for r in rs), default=None),
+                    _max(r.get("mem_used_mib") for r in rs),
                     _mean(r.get("power_w") for r in rs),
                     _mean(r.get("power_pct") for r in rs),
-                    max((r.get("temp_c", 0) for r in rs), default=None),
+                    _max(r.get("temp_c") for r in rs),
                     (energy[-1] - energy[0]) / 3600 if len(energy) > 1 else None,
                     ", ".join(reasons) or "none",
-                    max((r.get("ecc_uncorrected", 0) for r in rs), default=0),
-                    max((r.get("xid_count", 0) for r in rs), default=0),
+                    _max(r.get("ecc_uncorrected") for r in rs),
+                    _max(r.get("xid_count") for r in rs),
                 ]
             )
         head = [
@@ -469,7 +476,7 @@ def _section_devices(run: Run) -> str:
                     rank,
                     len(rs),
                     _mean(r.get("cpu_pct") for r in rs),
-                    max(r.get("rss_mib", 0) for r in rs),
+                    _max(r.get("rss_mib") for r in rs),
                     _mean(r.get("load1") for r in rs),
                 ]
             )

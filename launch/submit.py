@@ -276,7 +276,7 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--dry-run", action="store_true", help="print the generated sbatch scripts; submit nothing"
     )
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         if args.dry_run:
             cfg = load_config(args.config, args.overrides)

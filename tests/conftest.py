@@ -30,8 +30,15 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     csvs = [str(write_head(f, raw / f.name.removesuffix(".gz"), SMALL_ROWS)) for f in beijing_files()]
     out = tmp_path_factory.mktemp("prepared") / "beijing"
     code = prep_cli.main(
-        ["--schema", str(PRESETS / "beijing_schema.yaml"), "--cities", str(PRESETS / "beijing_cities.yaml"),
-         "--out", str(out), *csvs]
+        [
+            "--schema",
+            str(PRESETS / "beijing_schema.yaml"),
+            "--cities",
+            str(PRESETS / "beijing_cities.yaml"),
+            "--out",
+            str(out),
+            *csvs,
+        ]
     )
     assert code == 0
     return out

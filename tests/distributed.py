@@ -14,7 +14,9 @@ from train.rendezvous import host_store
 from train.topology import Topology
 
 
-def _worker(global_rank: int, fn: Callable, cities: int, ranks: int, port: int, queue: Any, args: tuple) -> None:
+def _worker(
+    global_rank: int, fn: Callable, cities: int, ranks: int, port: int, queue: Any, args: tuple
+) -> None:
     import torch.distributed as dist
 
     topo = Topology(global_rank // ranks, cities, global_rank % ranks, ranks)
@@ -33,8 +35,13 @@ def run_on_cities(fn: Callable[..., Any], cities: int, ranks: int, *args: Any) -
     store = host_store("127.0.0.1")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_worker, args=(fn, cities, ranks, store.port, queue, args), nprocs=cities * ranks,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        _worker,
+        args=(fn, cities, ranks, store.port, queue, args),
+        nprocs=cities * ranks,
+        join=True,
+        start_method="spawn",
+    )
     results, errors = {}, []
     for _ in range(cities * ranks):
         rank, value, error = queue.get(timeout=30)

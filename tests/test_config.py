@@ -14,7 +14,9 @@ def test_defaults_validate() -> None:
 def test_yaml_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("wan:\n  sync_every: 7\n  codec: int8\nmodel:\n  kind: gru\n")
-    cfg = load_config(path, ["wan.sync_every=9", "data.cities=a,b", "topology.cities=2", "wan.error_feedback=true"])
+    cfg = load_config(
+        path, ["wan.sync_every=9", "data.cities=a,b", "topology.cities=2", "wan.error_feedback=true"]
+    )
     assert (cfg.wan.sync_every, cfg.wan.codec, cfg.model.kind) == (9, "int8", "gru")
     assert cfg.data.cities == ["a", "b"] and cfg.wan.error_feedback is True
 

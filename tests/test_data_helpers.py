@@ -33,7 +33,9 @@ def small_inputs(folder: Path, rows: int = 2000, start: int = 0) -> list[Path]:
     out = []
     for station in ("Changping", "Dingling", "Dongsi"):
         lines = station_lines(station)
-        out.append(write_csv(folder / f"{station}_{start}.csv", [lines[0], *lines[1 + start : 1 + start + rows]]))
+        out.append(
+            write_csv(folder / f"{station}_{start}.csv", [lines[0], *lines[1 + start : 1 + start + rows]])
+        )
     return out
 
 

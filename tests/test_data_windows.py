@@ -68,7 +68,11 @@ def test_splits_are_disjoint_in_time_with_a_gap(root):
         spans[split] = (ds.index[:, 1].min(), ds.index[:, 1].max() + span)
     assert spans["val"][0] - spans["train"][1] >= span
     assert spans["test"][0] - spans["val"][1] >= span
-    assert split_ranges(2000, span, (0.8, 0.1, 0.1)) == {"train": (0, 1600), "val": (1636, 1800), "test": (1836, 2000)}
+    assert split_ranges(2000, span, (0.8, 0.1, 0.1)) == {
+        "train": (0, 1600),
+        "val": (1636, 1800),
+        "test": (1836, 2000),
+    }
 
 
 def test_windows_never_cross_stations_and_respect_max_missing(root):
@@ -91,7 +95,9 @@ def test_dataloader_with_two_fork_workers_matches_in_process(root):
     ds = windows(root)
     sampler = RankSampler(len(ds), rank=0, world=1, seed=3)
     serial = [b for b in torch.utils.data.DataLoader(ds, batch_size=64, sampler=sampler)]
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, sampler=sampler, num_workers=2, multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=64, sampler=sampler, num_workers=2, multiprocessing_context="fork"
+    )
     for a, b in zip(serial, loader, strict=True):
         for ta, tb in zip(a, b, strict=True):
             torch.testing.assert_close(ta, tb)

@@ -138,6 +138,10 @@ def test_no_gpu_says_so_once_and_records_host(caplog):
             mon.stop()
     assert [r["kind"] for r in records] == ["host", "host"]
     assert caplog.text.count("no GPU via NVML") == 1
+    nvml = FakeNvml([FakeGpu(UUID_A, values=typical_values())])
+    cpu_rank = GpuMonitor(records.append, 60.0, devices=[], nvml=nvml)
+    cpu_rank._open()
+    assert [r["kind"] for r in cpu_rank.sample()] == ["host"] and not nvml.initialized
 
 
 def test_real_pynvml_on_this_machine():
@@ -214,3 +218,9 @@ def test_host_sampler_measures_cpu_and_rss():
     assert 10 < r["cpu_pct"] <= 100 * r["cpus"] + 5
     assert 1 < r["rss_mib"] <= r["rss_peak_mib"] + 1
     assert r["load1"] >= 0 and r["sys_mem_available_mib"] > 0
+    block = bytearray(64 * 1024 * 1024)  # touched: resident
+    grown = sampler.sample()
+    assert grown["rss_mib"] - r["rss_mib"] > 50  # the kept-open /proc file is re-read, not cached
+    del block
+    sampler.close()
+    assert sampler.sample()["rss_mib"] > 0  # reopens after close

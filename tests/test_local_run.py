@@ -18,8 +18,14 @@ QUICK = ["model.hidden=32", "train.eval_every=0", "train.max_val_windows=200", "
 
 
 def crosscity(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -55,13 +61,27 @@ def test_hierarchical_h1_equals_flat_data_parallel(small_dataset: Path, tmp_path
     """4 cities x 2 ranks, H=1, plain SGD: averaging every step == one flat all-reduce over 8 ranks."""
     common = [f"data.dir={small_dataset}", "optim.name=sgd", "optim.lr=0.05", "train.steps=6", *QUICK]
     for algo in ("average", "flat"):
-        r = crosscity("run", str(CONFIG), *common, f"wan.algorithm={algo}", "wan.sync_every=1", f"train.run_dir={tmp_path / algo}")
+        r = crosscity(
+            "run",
+            str(CONFIG),
+            *common,
+            f"wan.algorithm={algo}",
+            "wan.sync_every=1",
+            f"train.run_dir={tmp_path / algo}",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
     hier, flat = final_params(tmp_path / "average"), final_params(tmp_path / "flat")
     for name in hier:
         torch.testing.assert_close(hier[name], flat[name], rtol=1e-5, atol=1e-6)
     # and they really trained: different data per city means H=20 gives a different model
-    r = crosscity("run", str(CONFIG), *common, "wan.algorithm=average", "wan.sync_every=3", f"train.run_dir={tmp_path / 'h3'}")
+    r = crosscity(
+        "run",
+        str(CONFIG),
+        *common,
+        "wan.algorithm=average",
+        "wan.sync_every=3",
+        f"train.run_dir={tmp_path / 'h3'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     h3 = final_params(tmp_path / "h3")
     assert any(not torch.allclose(h3[n], flat[n], atol=1e-6) for n in flat)
@@ -86,9 +106,21 @@ def test_missing_data_path_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_sigkill_of_one_rank_stops_everything(small_dataset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", "run", str(CONFIG), f"data.dir={small_dataset}", "train.steps=100000",
-         f"train.run_dir={run_dir}", *QUICK],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "run",
+            str(CONFIG),
+            f"data.dir={small_dataset}",
+            "train.steps=100000",
+            f"train.run_dir={run_dir}",
+            *QUICK,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_step(run_dir, rank=5, step=3)
@@ -107,16 +139,27 @@ def test_sigkill_of_one_rank_stops_everything(small_dataset: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("algorithm", ["diloco"])
-def test_preempted_city_resumes_the_same_trajectory(small_dataset: Path, tmp_path: Path, algorithm: str) -> None:
+def test_preempted_city_resumes_the_same_trajectory(
+    small_dataset: Path, tmp_path: Path, algorithm: str
+) -> None:
     """SIGUSR2 to one city: it checkpoints and is restarted alone; the result equals an uninterrupted run."""
-    common = [f"data.dir={small_dataset}", "topology.cities=2", f"wan.algorithm={algorithm}", "wan.sync_every=4",
-              "train.steps=40", *QUICK]
+    common = [
+        f"data.dir={small_dataset}",
+        "topology.cities=2",
+        f"wan.algorithm={algorithm}",
+        "wan.sync_every=4",
+        "train.steps=40",
+        *QUICK,
+    ]
     r = crosscity("run", str(CONFIG), *common, f"train.run_dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "interrupted"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "run", str(CONFIG), *common, f"train.run_dir={run_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     wait_for_step(run_dir, rank=2, step=10)
     for (city, _), pid in rank_pids(run_dir).items():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from launch.run_report import main, write_report
 from train.config import load_config, save_config
 
@@ -196,7 +194,10 @@ def test_report_of_a_finished_run(tmp_path, capsys):
     # city 0 mean per step: data 4 ms, compute 30 ms
     assert "| city 0 (Aotizhongxin) | 4.00 | 30.00 |" in md
     assert "bytes sent 2.40 MB" in md and "rounds: 6" in md
-    assert "city 1 (Changping): rank 1 slower than 2x its peers' median for 3 steps" in md
+    straggler = (
+        "rank 1 slower than 2x its peers' median in 3 consecutive checks (median ratio 2.76x, steps 20..30)"
+    )
+    assert f"city 1 (Changping): {straggler}" in md
     assert "city 0 (Aotizhongxin): rank" not in md  # no straggler where there is none
     assert "resume: resumed at step 30" in md
     assert "sw_power_cap" in md and "gpu_idle" not in md.split("## Devices")[1].split("\n\n")[1]
@@ -239,13 +240,3 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("wan: [unclosed")
     assert main([str(tmp_path)]) == 2
     assert "config.yaml: cannot parse" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("finished", [True])
-def test_report_is_idempotent(tmp_path, finished):
-    write_run(tmp_path, finished)
-    first = write_report(tmp_path)[0].read_text().split("\n", 3)[3]
-    second = write_report(tmp_path)[0].read_text().split("\n", 3)[3]
-    assert (
-        first.split("## Run")[1].split("last record")[0] == second.split("## Run")[1].split("last record")[0]
-    )

@@ -26,7 +26,8 @@ def test_warns_after_m_consecutive_slow_steps_once_per_episode():
     assert e["peer_median_s"] == 1.0 and e["ratio"] == 2.5 and "rank 2" in e["message"]
     assert feed(det, [normal], start=7) == []  # episode ends
     events = feed(det, [slow, slow, slow], start=8)
-    assert [(e["rank"], e["step"]) for e in events] == [(2, 10)]
+    assert [(e["rank"], e["first_step"], e["step"]) for e in events] == [(2, 8, 10)]
+    assert "steps 8..10" in events[0]["message"]
     assert det.episodes == 2
 
 
@@ -46,6 +47,12 @@ def test_two_rank_city_and_several_stragglers():
     times = {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.7, 4: 1.8}
     assert [e["rank"] for e in det.update(1, times)] == [3, 4]
     assert det.update(2, {0: 5.0}) == []  # a lone rank has no peers
+
+
+def test_per_check_converts_steps_to_checks():
+    assert StragglerDetector.per_check(2.0, 20, 10).consecutive == 2
+    assert StragglerDetector.per_check(2.0, 25, 10).consecutive == 3
+    assert StragglerDetector.per_check(2.0, 5, 10).consecutive == 1
 
 
 def test_bad_parameters_are_rejected():

@@ -55,7 +55,9 @@ def _diloco_round(topo, groups, cfg: WanConfig):
 
 
 @pytest.mark.parametrize(("outer_lr", "momentum", "factor"), [(1.0, 0.0, 1.0), (0.7, 0.9, 0.7 * 1.9)])
-def test_diloco_outer_nesterov_step_on_weighted_pseudo_gradient(outer_lr: float, momentum: float, factor: float) -> None:
+def test_diloco_outer_nesterov_step_on_weighted_pseudo_gradient(
+    outer_lr: float, momentum: float, factor: float
+) -> None:
     """pseudo-gradient g = -(weighted mean move); first Nesterov step moves the anchor by -lr (1 + mu) g."""
     cfg = WanConfig(algorithm="diloco", sync_every=1, outer_lr=outer_lr, outer_momentum=momentum)
     results = run_on_cities(_diloco_round, 2, 2, cfg)

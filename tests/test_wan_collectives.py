@@ -47,7 +47,7 @@ def run_ranks(fn: Callable, cities: int, per_city: int, *args: Any) -> list[Any]
     with tempfile.TemporaryDirectory() as out:
         world = cities * per_city
         mp.spawn(_entry, args=(fn, cities, per_city, free_port(), out, args), nprocs=world, join=True)
-        return [torch.load(Path(out) / f"{r}.pt") for r in range(world)]
+        return [torch.load(Path(out) / f"{r}.pt", weights_only=False) for r in range(world)]
 
 
 def city_vector(city: int) -> torch.Tensor:

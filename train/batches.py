@@ -14,7 +14,9 @@ from data_prep.windows import RankSampler
 class BatchStream:
     """Endless batches; the position (epoch, batch in epoch) is all a resume needs."""
 
-    def __init__(self, dataset: Dataset, rank: int, world: int, batch_size: int, seed: int, num_workers: int = 0):
+    def __init__(
+        self, dataset: Dataset, rank: int, world: int, batch_size: int, seed: int, num_workers: int = 0
+    ):
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.sampler = RankSampler(len(dataset), rank, world, seed)
         self.batches_per_epoch = len(self.sampler) // batch_size
@@ -33,7 +35,9 @@ class BatchStream:
     def _start_epoch(self) -> None:
         batches = self._epoch_batches()[self.position :]
         if self.num_workers > 0:
-            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, persistent_workers=False)
+            loader = DataLoader(
+                self.dataset, batch_sampler=batches, num_workers=self.num_workers, persistent_workers=False
+            )
             self._iter = iter(loader)
         else:
             self._iter = (self._collate(b) for b in batches)

@@ -51,7 +51,7 @@ class OptimConfig:
 
 @dataclass
 class LanConfig:
-    backend: Literal["auto", "gloo", "nccl", "horovod"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
     grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # gradient compression on the LAN all-reduce
 
 

@@ -10,13 +10,19 @@ from torch.utils.data import Dataset
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512, max_windows: int = 0) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 512, max_windows: int = 0
+) -> dict[str, float]:
     """Sums, not means, so cities can be pooled exactly later (`pool_metrics`)."""
     was_training = model.training
     model.eval()
     n = len(dataset) if max_windows <= 0 else min(len(dataset), max_windows)
     # Evenly spaced windows when capped, so a quick run still covers the whole validation span.
-    indexes = list(range(n)) if n == len(dataset) else [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]
+    indexes = (
+        list(range(n))
+        if n == len(dataset)
+        else [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]
+    )
     mean, std, target_index = dataset.target_mean, dataset.target_std, dataset.target_index
     sums = {"se": 0.0, "ae": 0.0, "p_se": 0.0, "p_ae": 0.0, "count": 0.0}
     for start in range(0, n, batch_size):

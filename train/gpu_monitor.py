@@ -273,8 +273,9 @@ class GpuMonitor:
 
     `sink` gets one dict per sample and is called from the sampler thread: `kind="gpu"` (one per
     device), `kind="host"`, and `kind="event"` (`event="gpu_xid"`) for each XID error NVML
-    reports. `devices`: CUDA_VISIBLE_DEVICES-style specs; None reads CUDA_VISIBLE_DEVICES.
-    `nvml`: the pynvml module, or a stand-in for tests.
+    reports. `devices`: CUDA_VISIBLE_DEVICES-style specs; None reads CUDA_VISIBLE_DEVICES; []
+    means a CPU rank (host samples only, NVML not touched). `nvml`: the pynvml module, or a
+    stand-in for tests.
     """
 
     def __init__(
@@ -297,6 +298,10 @@ class GpuMonitor:
     # ------------------------------------------------------------ NVML lifetime
 
     def _open(self) -> None:
+        if self._specs == []:
+            log.info("gpu monitor: no GPU assigned to this rank; recording host CPU/RSS only")
+            self.nvml = None
+            return
         if self.nvml is None:
             try:
                 import pynvml
@@ -411,6 +416,7 @@ class GpuMonitor:
         self._thread.join(timeout=max(5.0, 2 * self.interval_s))
         self._thread = None
         self._close()
+        self.host.close()
 
     def __enter__(self) -> GpuMonitor:
         return self.start()

@@ -7,6 +7,7 @@ MetricsLog writes (`kind`, `city`, `local_rank`, `global_rank`, `step`, `time`, 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import re
@@ -142,6 +143,8 @@ class TensorBoardSink:
 def tensorboard_sink(log_dir: Path) -> TensorBoardSink | None:
     """A TensorBoard sink, or None with one clear message when tensorboard is not installed."""
     try:
+        if importlib.util.find_spec("tensorboard") is None:  # checked first: spares importing torch
+            raise ImportError("No module named 'tensorboard'")
         return TensorBoardSink(log_dir)
     except ImportError as exc:
         log.warning(

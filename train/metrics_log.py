@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ class MetricsLog:
         self._base = {"city": topo.city, "local_rank": topo.local_rank, "global_rank": topo.global_rank}
         self.step = 0
         self.sinks: list[Any] = []  # extra sinks with .write(record) (TensorBoard, Prometheus)
+        self._lock = threading.Lock()  # the telemetry thread writes too
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         record = {"kind": kind, "time": time.time(), **self._base, "step": self.step, **fields}
-        self._fh.write(json.dumps(record) + "\n")
-        for sink in self.sinks:
-            sink.write(record)
+        with self._lock:
+            self._fh.write(json.dumps(record) + "\n")
+            for sink in self.sinks:
+                sink.write(record)
         return record
 
     def close(self) -> None:

@@ -30,7 +30,9 @@ class GRUForecaster(nn.Module):
 
     def __init__(self, n_inputs: int, horizon: int, hidden: int, layers: int, dropout: float):
         super().__init__()
-        self.gru = nn.GRU(n_inputs, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.gru = nn.GRU(
+            n_inputs, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.head = nn.Linear(hidden, horizon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

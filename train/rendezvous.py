@@ -29,7 +29,9 @@ def connect_store(run_dir: Path, timeout_s: float = 300.0) -> dist.TCPStore:
     if not (host and port):
         path = Path(run_dir) / COORDINATOR_FILE
         if not path.is_file():
-            raise RuntimeError(f"no rendezvous: set MASTER_ADDR/MASTER_PORT or start a coordinator that writes {path}")
+            raise RuntimeError(
+                f"no rendezvous: set MASTER_ADDR/MASTER_PORT or start a coordinator that writes {path}"
+            )
         info = json.loads(path.read_text())
         host, port = info["host"], str(info["port"])
     return dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=timeout_s))

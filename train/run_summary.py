@@ -15,13 +15,21 @@ from train.evaluate import pool_metrics
 from train.metrics_log import read_records
 
 
-def write_summary(run_dir: Path, cfg: Config, gathered: list[dict[str, Any]], model: nn.Module, wall_s: float) -> dict:
+def write_summary(
+    run_dir: Path, cfg: Config, gathered: list[dict[str, Any]], model: nn.Module, wall_s: float
+) -> dict:
     """`gathered` holds one entry per rank; local rank 0 of each city carries that city's eval sums."""
     cities = []
     for entry in sorted((g for g in gathered if g["sums"] is not None), key=lambda g: g["city"]):
         samples = sum(g["samples"] for g in gathered if g["city"] == entry["city"])
-        cities.append({"city": entry["city"], "name": entry["name"], "samples": samples,
-                       **{f"val_{k}": v for k, v in pool_metrics([entry["sums"]]).items()}})
+        cities.append(
+            {
+                "city": entry["city"],
+                "name": entry["name"],
+                "samples": samples,
+                **{f"val_{k}": v for k, v in pool_metrics([entry["sums"]]).items()},
+            }
+        )
     overall = pool_metrics([g["sums"] for g in gathered if g["sums"] is not None])
     wan = read_records(run_dir, "wan")
     summary = {

@@ -9,6 +9,7 @@ be exceeded by one of two ranks). The same detector compares cities when fed one
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -25,7 +26,13 @@ class StragglerDetector:
         self.consecutive = consecutive
         self._run: dict[int, int] = {}  # rank -> consecutive slow steps so far
         self._ratios: dict[int, list[float]] = {}  # rank -> ratios of the current slow run
+        self._first: dict[int, int] = {}  # rank -> step at which the current slow run began
         self.episodes = 0
+
+    @classmethod
+    def per_check(cls, factor: float, steps: int, check_every: int) -> StragglerDetector:
+        """A detector fed every `check_every` steps that still waits about `steps` steps."""
+        return cls(factor, max(1, math.ceil(steps / max(1, check_every))))
 
     def update(self, step: int, times: dict[int, float]) -> list[dict[str, Any]]:
         """Times (seconds) of this step by rank; returns `kind="event"` dicts for new episodes."""
@@ -36,9 +43,10 @@ class StragglerDetector:
             if reference > 0 and t > self.factor * reference:
                 self._run[rank] = self._run.get(rank, 0) + 1
                 self._ratios.setdefault(rank, []).append(t / reference)
+                self._first.setdefault(rank, step)
             else:
-                self._run.pop(rank, None)
-                self._ratios.pop(rank, None)
+                for state in (self._run, self._ratios, self._first):
+                    state.pop(rank, None)
                 continue
             if self._run[rank] == self.consecutive:
                 self.episodes += 1
@@ -48,13 +56,13 @@ class StragglerDetector:
                         "kind": "event",
                         "event": "straggler",
                         "message": (
-                            f"rank {rank} slower than {self.factor:g}x its peers' median for "
-                            f"{self.consecutive} steps (median ratio {ratio:.2f}x, steps "
-                            f"{step - self.consecutive + 1}..{step})"
+                            f"rank {rank} slower than {self.factor:g}x its peers' median in "
+                            f"{self.consecutive} consecutive checks (median ratio {ratio:.2f}x, steps "
+                            f"{self._first[rank]}..{step})"
                         ),
                         "rank": rank,
                         "step": step,
-                        "first_step": step - self.consecutive + 1,
+                        "first_step": self._first[rank],
                         "ratio": round(ratio, 3),
                         "peer_median_s": round(reference, 6),
                         "time_s": round(t, 6),

@@ -58,16 +58,20 @@ class StreamingSync(InterCitySync):
         if cfg.optimizer_state != "keep":
             raise ConfigError(
                 f"wan.optimizer_state={cfg.optimizer_state!r}: streaming supports only 'keep' "
-                "(fragments meet at different steps, so there is no step at which to average or reset all state)"
+                "(fragments meet at different steps: there is no one step to average or reset all state at)"
             )
         self.codec = make_codec(cfg.codec)
         self.feedback = ErrorFeedback() if cfg.error_feedback else None
         flat = self._flat_params()
         self.bounds = [stripe_bounds(flat.numel(), cfg.fragments, f) for f in range(cfg.fragments)]
-        self.phase = [((f + 1) * cfg.sync_every // cfg.fragments) % cfg.sync_every for f in range(cfg.fragments)]
+        self.phase = [
+            ((f + 1) * cfg.sync_every // cfg.fragments) % cfg.sync_every for f in range(cfg.fragments)
+        ]
         self.anchors = [nn.Parameter(flat[a:b].clone(), requires_grad=False) for a, b in self.bounds]
         nesterov = cfg.nesterov and cfg.outer_momentum > 0
-        self.outer = torch.optim.SGD(self.anchors, lr=cfg.outer_lr, momentum=cfg.outer_momentum, nesterov=nesterov)
+        self.outer = torch.optim.SGD(
+            self.anchors, lr=cfg.outer_lr, momentum=cfg.outer_momentum, nesterov=nesterov
+        )
         self.samples_since = [0] * cfg.fragments  # per rank, since the fragment's last round started
         self.steps_since = [0] * cfg.fragments
         self.in_flight: dict[int, _InFlight] = {}
@@ -81,7 +85,7 @@ class StreamingSync(InterCitySync):
             self.samples_since[f] += samples
             self.steps_since[f] += 1
         if step <= self.cfg.warmup_steps:
-            return self._sync_all()
+            return self._round()
         merged = None
         for f in [f for f, job in self.in_flight.items() if job.merge_step == step]:
             merged = self._merge(f)
@@ -96,9 +100,13 @@ class StreamingSync(InterCitySync):
         """Land every exchange in flight, then one synchronous round of every fragment."""
         for f in sorted(self.in_flight):
             self._merge(f)
-        final = self._sync_all()
-        self.worker.shutdown(wait=True)
+        final = self._round() if any(self.steps_since) else None
+        self.close()
         return final
+
+    def close(self) -> None:
+        """Stop the worker thread without another round (after a checkpoint, when the rank leaves)."""
+        self.worker.shutdown(wait=True)
 
     # ------------------------------------------------------------------ one fragment
 
@@ -106,22 +114,35 @@ class StreamingSync(InterCitySync):
         a, b = self.bounds[f]
         return self._flat_params(), a, b
 
-    def _start(self, f: int, step: int) -> None:
+    def _begin(self, f: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """This rank's stripe of fragment f's pseudo-gradient, the city's weight, and params_f now."""
         flat, a, b = self._slice(f)
         local = flat[a:b].clone()
-        pseudo_grad = self.anchors[f].detach() - local
         s0, s1 = stripe_bounds(b - a, self.topo.ranks_per_city, self.topo.local_rank)
+        stripe = (self.anchors[f].detach() - local)[s0:s1].clone()
         weight = float(self.samples_since[f] * self.topo.ranks_per_city)
         self.samples_since[f] = self.steps_since[f] = 0
-        job = self.worker.submit(self._exchange, pseudo_grad[s0:s1].clone(), weight, f)
-        self.in_flight[f] = _InFlight(job, step + self.cfg.overlap_steps, local)
+        return stripe, weight, local
 
     def _exchange(self, stripe: torch.Tensor, weight: float, f: int) -> Exchange:
         start = time.perf_counter()
         mean, moved = weighted_mean(
-            stripe, weight, self.groups.stripe, self.codec, self.feedback, key=f"fragment{f}"
+            stripe, weight, self.groups.stripe, self.codec, self.feedback, f"fragment{f}"
         )
         return mean, moved, time.perf_counter() - start
+
+    def _apply(self, f: int, mean_stripe: torch.Tensor, snapshot: torch.Tensor) -> None:
+        """Outer step on the averaged pseudo-gradient, then the merge rule (module docstring)."""
+        flat, a, b = self._slice(f)
+        mean = gather_stripes(mean_stripe, b - a, self.groups.city, self.topo.ranks_per_city)
+        self._outer_step(f, mean)
+        flat[a:b] = self.anchors[f].detach() + (flat[a:b] - snapshot)
+        self._set_params(flat)
+
+    def _start(self, f: int, step: int) -> None:
+        stripe, weight, local = self._begin(f)
+        job = self.worker.submit(self._exchange, stripe, weight, f)
+        self.in_flight[f] = _InFlight(job, step + self.cfg.overlap_steps, local)
 
     def _merge(self, f: int) -> WanRound:
         job = self.in_flight.pop(f)
@@ -129,11 +150,7 @@ class StreamingSync(InterCitySync):
         mean_stripe, moved, exchange_s = job.result.result()
         blocked = time.perf_counter() - waited
         self.blocked_s += blocked
-        flat, a, b = self._slice(f)
-        mean = gather_stripes(mean_stripe, b - a, self.groups.city, self.topo.ranks_per_city)
-        self._outer_step(f, mean)
-        flat[a:b] = self.anchors[f].detach() + (flat[a:b] - job.snapshot)
-        self._set_params(flat)
+        self._apply(f, mean_stripe, job.snapshot)
         return self._fragment_round(moved, exchange_s, f, blocked_s=blocked)
 
     def _outer_step(self, f: int, mean_pseudo_grad: torch.Tensor) -> None:
@@ -153,18 +170,16 @@ class StreamingSync(InterCitySync):
             extra={**extra, "blocked_total_s": self.blocked_s, "overlap_steps": self.cfg.overlap_steps},
         )
 
-    def _sync_all(self) -> WanRound | None:
+    def _round(self) -> WanRound:
         """Synchronous round of every fragment that trained since its last round (warm-up, finish)."""
         start, moved = time.perf_counter(), WanBytes()
         fragments = [f for f in range(self.cfg.fragments) if self.steps_since[f] > 0]
         for f in fragments:
-            self._start(f, step=0)
-            self.in_flight.pop(f)
-            flat, a, b = self._slice(f)
-            s0, s1 = stripe_bounds(b - a, self.topo.ranks_per_city, self.topo.local_rank)
-            mean_stripe, bytes_f, _ = self._exchange((self.anchors[f].detach() - flat[a:b])[s0:s1], 0.0, f)
-            moved = moved + bytes_f
-        return self._fragment_round(moved, time.perf_counter() - start, None) if fragments else None
+            stripe, weight, local = self._begin(f)
+            mean_stripe, moved_f, _ = self._exchange(stripe, weight, f)
+            self._apply(f, mean_stripe, local)
+            moved = moved + moved_f
+        return self._fragment_round(moved, time.perf_counter() - start, None)
 
     # ------------------------------------------------------------------ checkpoint
 

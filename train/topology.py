@@ -48,7 +48,9 @@ class Topology:
         keys = ("CROSSCITY_CITY", "CROSSCITY_NUM_CITIES", "CROSSCITY_LOCAL_RANK", "CROSSCITY_RANKS_PER_CITY")
         missing = [k for k in keys if k not in env]
         if missing:
-            raise TopologyError(f"environment lacks {', '.join(missing)}; start ranks with a crosscity launcher")
+            raise TopologyError(
+                f"environment lacks {', '.join(missing)}; start ranks with a crosscity launcher"
+            )
         try:
             values = [int(env[k]) for k in keys]
         except ValueError as exc:

@@ -45,7 +45,8 @@ def city_names(cfg: Config) -> list[str]:
     names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
     if len(names) < cfg.topology.cities:
         raise FileNotFoundError(
-            f"data.dir={root}: found {len(names)} prepared cities {names}, topology.cities={cfg.topology.cities}; "
+            f"data.dir={root}: found {len(names)} prepared cities {names}, "
+            f"topology.cities={cfg.topology.cities}; "
             "run `crosscity prep` first"
         )
     return names[: cfg.topology.cities]
@@ -96,10 +97,17 @@ class Trainer:
         self.val_ds = CityWindows(city_dir, split="val", **window)
         data_seed = cfg.train.seed * 1_000_003 + topo.city
         self.batches = BatchStream(
-            self.train_ds, topo.local_rank, topo.ranks_per_city, cfg.data.batch_size, data_seed, cfg.data.num_workers
+            self.train_ds,
+            topo.local_rank,
+            topo.ranks_per_city,
+            cfg.data.batch_size,
+            data_seed,
+            cfg.data.num_workers,
         )
 
-        self.model = build_model(cfg.model, cfg.data.past_hours, self.train_ds.n_inputs, cfg.data.horizon_hours)
+        self.model = build_model(
+            cfg.model, cfg.data.past_hours, self.train_ds.n_inputs, cfg.data.horizon_hours
+        )
         self.optimizer = self._build_optimizer()
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
         self.sync: InterCitySync = build_sync(cfg.wan, self.model, self.optimizer, topo, self.groups)
@@ -111,7 +119,9 @@ class Trainer:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         if o.name == "sgd":
-            return torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            return torch.optim.SGD(
+                self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
         return torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
     # ------------------------------------------------------------------ checkpoints
@@ -130,7 +140,9 @@ class Trainer:
         self.state = RankState(**state["rank"])
         set_rng_state(state["rng"])
         self.log.step = self.state.step
-        self.log.write("event", event="resume", message=f"resumed at step {self.state.step} (generation {self.gen})")
+        self.log.write(
+            "event", event="resume", message=f"resumed at step {self.state.step} (generation {self.gen})"
+        )
 
     def save(self) -> None:
         save_checkpoint(
@@ -156,7 +168,9 @@ class Trainer:
         loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
         loss.backward()
         t2 = time.perf_counter()
-        votes = allreduce_gradients(self.model, self.lan_group, self.cfg.lan.grad_dtype, float(self.stop.raised))
+        votes = allreduce_gradients(
+            self.model, self.lan_group, self.cfg.lan.grad_dtype, float(self.stop.raised)
+        )
         t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -170,7 +184,7 @@ class Trainer:
         if wan_round is not None:
             self._log_round(wan_round)
         return {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "votes": votes,
             "t_data": t1 - t0,
             "t_compute": (t2 - t1) + (t4 - t3),
@@ -182,8 +196,15 @@ class Trainer:
 
     def _log_round(self, r: WanRound) -> None:
         self.log.write(
-            "wan", round=r.round, bytes_sent=r.bytes_sent, bytes_recv=r.bytes_recv, seconds=r.seconds,
-            codec=self.cfg.wan.codec, participants=r.participants, fragment=r.fragment, **r.extra,
+            "wan",
+            round=r.round,
+            bytes_sent=r.bytes_sent,
+            bytes_recv=r.bytes_recv,
+            seconds=r.seconds,
+            codec=self.cfg.wan.codec,
+            participants=r.participants,
+            fragment=r.fragment,
+            **r.extra,
         )
 
     def _flat_step_bytes(self) -> int:
@@ -191,7 +212,11 @@ class Trainer:
         last_in_city = self.topo.local_rank == self.topo.ranks_per_city - 1
         n = self.n_params + 1
         size = 2 if self.cfg.lan.grad_dtype != "fp32" else 4
-        return ring_allreduce_bytes(n, size, self.topo.world_size) if last_in_city and self.topo.num_cities > 1 else 0
+        return (
+            ring_allreduce_bytes(n, size, self.topo.world_size)
+            if last_in_city and self.topo.num_cities > 1
+            else 0
+        )
 
     def _agree_to_stop(self, votes: float, at_round: bool) -> tuple[bool, bool]:
         """(stop now?, is my city the one leaving?). Cities agree only at rounds: no extra WAN trips."""
@@ -217,12 +242,24 @@ class Trainer:
         while self.state.step < cfg.train.steps:
             m = self.train_step()
             if self.flat and flat_bytes:
-                self.log.write("wan", round=self.state.step, bytes_sent=flat_bytes, bytes_recv=flat_bytes,
-                               seconds=m["t_wan"], codec="none", participants=list(range(self.topo.num_cities)), fragment=None)
+                self.log.write(
+                    "wan",
+                    round=self.state.step,
+                    bytes_sent=flat_bytes,
+                    bytes_recv=flat_bytes,
+                    seconds=m["t_wan"],
+                    codec="none",
+                    participants=list(range(self.topo.num_cities)),
+                    fragment=None,
+                )
             if self.state.step % cfg.train.log_every == 0 or self.state.step == cfg.train.steps:
-                self.log.write("train", loss=m["loss"], samples=self.state.samples,
-                               samples_per_s=len_batch(cfg) / max(m["t_step"], 1e-9),
-                               **{k: m[k] for k in ("t_data", "t_compute", "t_lan", "t_wan", "t_step")})
+                self.log.write(
+                    "train",
+                    loss=m["loss"],
+                    samples=self.state.samples,
+                    samples_per_s=len_batch(cfg) / max(m["t_step"], 1e-9),
+                    **{k: m[k] for k in ("t_data", "t_compute", "t_lan", "t_wan", "t_step")},
+                )
                 if self.topo.global_rank == 0 and time.perf_counter() - last_log > 5:
                     last_log = time.perf_counter()
                     progress(self.state.step, cfg.train.steps, time.perf_counter() - t_start, m["loss"])
@@ -231,13 +268,19 @@ class Trainer:
                 return self._stop_for_requeue(leaving)
             if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
                 self.save()
-            if cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0 and self.topo.local_rank == 0:
+            if (
+                cfg.train.eval_every
+                and self.state.step % cfg.train.eval_every == 0
+                and self.topo.local_rank == 0
+            ):
                 self.evaluate_city()
         return self._finish(time.perf_counter() - t_start)
 
     def _stop_for_requeue(self, leaving: bool) -> int:
         self.save()
-        self.log.write("event", event="preempt", message=f"checkpointed at step {self.state.step}; leaving={leaving}")
+        self.log.write(
+            "event", event="preempt", message=f"checkpointed at step {self.state.step}; leaving={leaving}"
+        )
         if self.topo.global_rank == 0:
             advance_generation(self.store)
         dist.barrier(group=self.groups.world)
@@ -252,7 +295,10 @@ class Trainer:
         self.log.step = self.state.step
         sums = self.evaluate_city() if self.topo.local_rank == 0 else None
         gathered: list[Any] = [None] * self.topo.world_size
-        dist.all_gather_object(gathered, {"city": self.topo.city, "name": self.city_name, "samples": self.state.samples, "sums": sums})
+        dist.all_gather_object(
+            gathered,
+            {"city": self.topo.city, "name": self.city_name, "samples": self.state.samples, "sums": sums},
+        )
         self.save()
         if self.topo.global_rank == 0:
             write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s)
@@ -285,4 +331,6 @@ def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
         if code != RESTART:
             return code
         stop.raised = False
-        print(f"[rank {topo.global_rank}] waiting for the preempted city to rejoin", file=sys.stderr, flush=True)
+        print(
+            f"[rank {topo.global_rank}] waiting for the preempted city to rejoin", file=sys.stderr, flush=True
+        )

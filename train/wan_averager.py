@@ -37,7 +37,7 @@ class WanRound:
 
 @dataclass(frozen=True)
 class SyncSchedule:
-    """One step clock for warm-up and periodic rounds: step s (1-based) syncs when s <= W or (s - W) % H == 0."""
+    """One step clock for warm-up and rounds: step s (1-based) syncs when s <= W or (s - W) % H == 0."""
 
     every: int
     warmup: int = 0
@@ -55,7 +55,14 @@ class SyncSchedule:
 class InterCitySync(ABC):
     """Called by the trainer after each inner step; owns everything that crosses the WAN."""
 
-    def __init__(self, cfg: WanConfig, model: nn.Module, optimizer: torch.optim.Optimizer, topo: Topology, groups: Groups):
+    def __init__(
+        self,
+        cfg: WanConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        topo: Topology,
+        groups: Groups,
+    ):
         self.cfg, self.model, self.optimizer, self.topo, self.groups = cfg, model, optimizer, topo, groups
         self.schedule = SyncSchedule(cfg.sync_every, cfg.warmup_steps)
         self.rounds = 0
@@ -114,7 +121,9 @@ class InterCitySync(ABC):
     def _record(self, moved: WanBytes, seconds: float, **extra: Any) -> WanRound:
         self.rounds += 1
         self.samples_since_round = 0
-        return WanRound(self.rounds, moved.sent, moved.recv, seconds, list(range(self.topo.num_cities)), extra=extra)
+        return WanRound(
+            self.rounds, moved.sent, moved.recv, seconds, list(range(self.topo.num_cities)), extra=extra
+        )
 
 
 class FlatSync(InterCitySync):
@@ -153,7 +162,10 @@ class DiLoCoSync(InterCitySync):
         super().__init__(*args)
         self.anchor = nn.Parameter(self._flat_params(), requires_grad=False)
         self.outer = torch.optim.SGD(
-            [self.anchor], lr=self.cfg.outer_lr, momentum=self.cfg.outer_momentum, nesterov=self.cfg.nesterov and self.cfg.outer_momentum > 0
+            [self.anchor],
+            lr=self.cfg.outer_lr,
+            momentum=self.cfg.outer_momentum,
+            nesterov=self.cfg.nesterov and self.cfg.outer_momentum > 0,
         )
 
     def after_step(self, step: int, samples: int) -> WanRound | None:
@@ -173,7 +185,11 @@ class DiLoCoSync(InterCitySync):
         return self._record(moved, time.perf_counter() - start, pseudo_grad_norm=float(mean.norm()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "anchor": self.anchor.detach().clone(), "outer": self.outer.state_dict()}
+        return {
+            **super().state_dict(),
+            "anchor": self.anchor.detach().clone(),
+            "outer": self.outer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -182,7 +198,9 @@ class DiLoCoSync(InterCitySync):
         self.outer.load_state_dict(state["outer"])
 
 
-def build_sync(cfg: WanConfig, model: nn.Module, optimizer: torch.optim.Optimizer, topo: Topology, groups: Groups) -> InterCitySync:
+def build_sync(
+    cfg: WanConfig, model: nn.Module, optimizer: torch.optim.Optimizer, topo: Topology, groups: Groups
+) -> InterCitySync:
     """The configured algorithm; streaming and the PyTorch baseline live in their own modules."""
     if cfg.algorithm == "flat":
         return FlatSync(cfg, model, optimizer, topo, groups)

@@ -231,8 +231,8 @@ class WanEmulator:
         line = self._daemon.stdout.readline().strip()
         if line != "ready":
             self._daemon.wait(timeout=5)
-            err = self._daemon.stderr.read() if self._daemon.stderr else ""
-            raise WanEmulatorError(f"delay daemon did not start (exit {self._daemon.returncode}): {err.strip()}")
+            err = self._daemon.stderr.read().strip() if self._daemon.stderr else ""
+            raise WanEmulatorError(f"delay daemon did not start (exit {self._daemon.returncode}): {err}")
 
     # ------------------------------------------------------------ measurement
     def wire_bytes(self) -> list[int]:
@@ -256,12 +256,18 @@ class WanEmulator:
         _run(["iptables", "-F", self.chain], check=False)
         _run(["iptables", "-X", self.chain], check=False)
         self._stop_daemon()
-        for c in range(self.cities):
-            ns = self.netns(c)
+        for ns in self._namespaces():
             self._kill_namespace_processes(ns)
             _run(["ip", "netns", "del", ns], check=False)
-            _run(["ip", "link", "del", self._host_veth(c)], check=False)
+            _run(["ip", "link", "del", f"{ns}h"], check=False)  # gone with the namespace, unless half-built
         _run(["ip", "link", "del", self.bridge], check=False)
+
+    def _namespaces(self) -> list[str]:
+        """This emulator's cities plus any `{prefix}N` a crashed, larger run left behind."""
+        listed = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
+        names = {line.split()[0] for line in listed if line.strip()}
+        mine = {n for n in names if n.startswith(self.prefix) and n[len(self.prefix) :].isdigit()}
+        return sorted(mine | {self.netns(c) for c in range(self.cities)})
 
     def _stop_daemon(self) -> None:
         daemon, self._daemon = self._daemon, None

@@ -4,9 +4,9 @@ Why a module of its own: the benchmark compares methods only through these numbe
 definitions live in one place (and docs/wan_emulation.md quotes them):
 
 - training clock: starts when the first rank starts step 1 (first `train` record time minus its
-  `t_step`; the bench logs every step) and excludes validation passes (their duration is the gap
-  between a city's `eval` record and its `train` record of the same step), so launch and
-  evaluation cost, identical for every method, do not dilute the comparison.
+  `t_step`; the bench logs every step) and excludes validation passes (an `eval` record's
+  `seconds`, else the gap since that rank's previous record), so launch and evaluation cost,
+  identical for every method, do not dilute the comparison.
 - validation curve: at each step where every city evaluated, the cities' RMSEs pooled by their
   window counts; its time is the slowest city's.
 - time to target: the first point of the curve at or below the target RMSE (flat DDP's final).
@@ -33,8 +33,8 @@ BENCH_FILE = "bench.json"  # written by the bench next to the run: method, wire 
 @dataclass
 class RunOutcome:
     method: str
-    final_rmse: float
-    train_s: float  # training clock at the end (after the final sync)
+    final_rmse: float  # pooled like the curve (by window count), so a run always reaches its own final
+    train_s: float  # training clock at the last validation (after the final sync)
     curve: list[tuple[float, int, float]]  # (training seconds, step, pooled val RMSE)
     wan_bytes: int  # accounted by the trainer, all ranks
     wire_bytes: int | None  # measured on the emulated WAN, all cities
@@ -51,44 +51,47 @@ def _start_time(train: list[dict[str, Any]]) -> float:
     return min(r["time"] - r["t_step"] for r in train if r["step"] == first_step)
 
 
-def _eval_seconds(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> dict[tuple[int, int], float]:
-    """(city, step) -> seconds its validation pass took (from the eval record, else from the log gap)."""
-    train_time = {(r["global_rank"], r["step"]): r["time"] for r in train}
-    seconds: dict[tuple[int, int], float] = {}
-    for e in evals:
-        key = (e["city"], e["step"])
-        if key in seconds:
-            continue  # the final pass repeats the last periodic one
-        if "seconds" in e:
-            seconds[key] = e["seconds"]
-        elif (e["global_rank"], e["step"]) in train_time:
-            seconds[key] = max(0.0, e["time"] - train_time[(e["global_rank"], e["step"])])
-    return seconds
+def _timed_evals(records: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
+    """Validation records with `clock`: training seconds when the pass began, earlier passes excluded.
+
+    A pass lasts its record's `seconds` if the trainer wrote it, else the gap since the rank's
+    previous record (records of one rank are in file order).
+    """
+    timed = []
+    previous: dict[int, float] = {}
+    paused: dict[int, float] = defaultdict(float)
+    for r in records:
+        rank = r["global_rank"]
+        if r["kind"] == "eval" and r.get("split", "val") == "val":
+            seconds = r.get("seconds", max(0.0, r["time"] - previous.get(rank, r["time"])))
+            timed.append({**r, "clock": r["time"] - seconds - paused[rank] - t0})
+            paused[rank] += seconds
+        previous[rank] = r["time"]
+    return timed
 
 
-def validation_curve(run_dir: Path) -> tuple[list[tuple[float, int, float]], float]:
-    """The pooled curve on the training clock, and the training clock at the last evaluation."""
-    train = read_records(run_dir, "train")
-    evals = [r for r in read_records(run_dir, "eval") if r.get("split", "val") == "val"]
-    if not train or not evals:
-        raise ValueError(f"{run_dir}: no train or eval records in metrics/ (did the run finish?)")
-    t0 = _start_time(train)
-    pauses = _eval_seconds(train, evals)
+def validation_curve(run_dir: Path) -> list[tuple[float, int, float]]:
+    """(training seconds, step, pooled RMSE) at every step where every city evaluated."""
+    records = read_records(run_dir)
+    train = [r for r in records if r["kind"] == "train"]
+    if not train:
+        raise ValueError(f"{run_dir}: no train records in metrics/ (did the run start?)")
+    evals = _timed_evals(records, _start_time(train))
     cities = {r["city"] for r in train}
     by_step: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
     for e in evals:
-        by_step[e["step"]].setdefault(e["city"], e)
+        by_step[e["step"]][e["city"]] = e  # last pass wins: the final one follows the final sync
     curve = []
     for step in sorted(by_step):
         at = by_step[step]
         if set(at) != cities:
             continue
-        paused = max(sum(s for (c, st), s in pauses.items() if c == city and st < step) for city in cities)
-        clock = max(e["time"] - pauses.get((c, step), 0.0) for c, e in at.items()) - t0 - paused
         weight = sum(e["n_windows"] for e in at.values())
         rmse = math.sqrt(sum(e["rmse"] ** 2 * e["n_windows"] for e in at.values()) / weight)
-        curve.append((clock, step, rmse))
-    return curve, curve[-1][0]
+        curve.append((max(e["clock"] for e in at.values()), step, rmse))
+    if not curve:
+        raise ValueError(f"{run_dir}: no step where every city wrote a validation record")
+    return curve
 
 
 def compute_utilisation(run_dir: Path) -> float:
@@ -107,12 +110,12 @@ def read_outcome(run_dir: Path) -> RunOutcome:
     summary = json.loads(summary_path.read_text())
     bench_path = run_dir / BENCH_FILE
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else {}
-    curve, train_s = validation_curve(run_dir)
+    curve = validation_curve(run_dir)
     wan = read_records(run_dir, "wan")
     return RunOutcome(
         method=bench.get("method", summary["algorithm"]),
-        final_rmse=summary["overall"]["val_rmse"],
-        train_s=train_s,
+        final_rmse=curve[-1][2],
+        train_s=curve[-1][0],
         curve=curve,
         wan_bytes=sum(r["bytes_sent"] for r in wan),
         wire_bytes=sum(bench["wire_bytes"]) if "wire_bytes" in bench else None,

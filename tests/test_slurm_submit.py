@@ -1,0 +1,251 @@
+"""crosscity submit / status against the real dev cluster, and the scripts it generates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.job_status import format_rows, query_states
+from launch.submit import SlurmConfig, plan_run, resource_directives, write_jobs
+from tests.test_slurm_cluster import DEV_CLUSTER, REPO, max_array_size, require_slurm, sbatch, wait_finished
+from train.config import ConfigError, load_config
+
+CONFIG = REPO / "configs" / "beijing_mlp.yaml"
+QUICK = [
+    "model.hidden=32",
+    "train.eval_every=0",
+    "train.max_val_windows=200",
+    "train.log_every=1",
+    "optim.name=sgd",
+]
+
+
+def crosscity(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_plan_splits_cities_past_max_array_and_fills_resources(tmp_path: Path) -> None:
+    cfg = load_config(CONFIG, ["topology.cities=5", "topology.ranks_per_city=2", "train.requeue_signal=HUP"])
+    plan = plan_run(cfg, tmp_path, max_array=3)
+    assert [cities for cities, _ in plan.arrays] == [[0, 1, 2], [3, 4]]
+    first, second = (text for _, text in plan.arrays)
+    assert "#SBATCH --array=0-2\n" in first and "#SBATCH --array=0-1\n" in second
+    assert "export CROSSCITY_ARRAY_OFFSET=3\n" in second and "export NUM_CITIES=5\n" in second
+    assert "#SBATCH --signal=HUP@120\n" in first and "#SBATCH --ntasks-per-node=2\n" in first
+    assert "scontrol requeue" in first  # the shared body of slurm/city.sbatch
+    assert "crosscity coordinator" not in first and plan.coordinator is not None
+
+
+def test_resources_of_each_city() -> None:
+    slurm = SlurmConfig(
+        partition="gpu",
+        account="proj",
+        qos="high",
+        time="2:00:00",
+        nodes=2,
+        gpus_per_node=4,
+        cpus_per_task=8,
+        mem="64G",
+        constraint="a100",
+        extra=["--exclusive"],
+    )
+    slurm.check(ranks_per_city=8)
+    lines = resource_directives(slurm, ranks_per_city=8)
+    for want in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--cpus-per-task=8",
+        "--time=2:00:00",
+        "--partition=gpu",
+        "--account=proj",
+        "--qos=high",
+        "--mem=64G",
+        "--constraint=a100",
+        "--gpus-per-node=4",
+        "--exclusive",
+    ):
+        assert want in lines
+    with pytest.raises(
+        ConfigError, match="slurm.nodes=3 x slurm.tasks_per_node=0: must equal topology.ranks_per_city=8"
+    ):
+        SlurmConfig(nodes=3).check(ranks_per_city=8)
+    with pytest.raises(ConfigError, match="slurm.time='soon'"):
+        SlurmConfig(time="soon").check(ranks_per_city=1)
+
+
+@pytest.mark.slurm
+def test_dry_run_prints_scripts_and_submits_nothing(tmp_path: Path) -> None:
+    require_slurm()
+    n = max_array_size() + 2
+    run_dir = tmp_path / "dry"
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    done = crosscity("submit", str(CONFIG), f"topology.cities={n}", f"train.run_dir={run_dir}", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("#!/bin/bash") == 3  # coordinator + two array chunks
+    assert (
+        f"#SBATCH --array=0-{max_array_size() - 1}\n" in done.stdout
+        and "#SBATCH --array=0-1\n" in done.stdout
+    )
+    assert not run_dir.exists()
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+
+
+@pytest.mark.slurm
+def test_cancelled_job_shows_as_cancelled_within_30s_without_accounting(tmp_path: Path) -> None:
+    require_slurm()
+    switch = subprocess.run(
+        [str(DEV_CLUSTER), "accounting", "off"], capture_output=True, text=True, timeout=60
+    )
+    assert switch.returncode == 0, switch.stdout + switch.stderr
+    try:
+        assert subprocess.run(["sacct", "-n", "-X"], capture_output=True, timeout=10).returncode != 0
+        job = sbatch("--wrap", "sleep 300", "-o", str(tmp_path / "job.out"), cwd=tmp_path)
+        entry = {
+            "name": "city0",
+            "job": job,
+            "run_dir": str(tmp_path),
+            "ranks": [0],
+            "log": str(tmp_path / "job.out"),
+        }
+        write_jobs(tmp_path, {"kind": "run", "arrays": [job], "entries": [entry]})
+        subprocess.run(["scancel", job], check=True, timeout=10)
+        start = time.monotonic()
+        while True:
+            done = crosscity("status", str(tmp_path), "--json", timeout=30)
+            rows = json.loads(done.stdout)
+            if rows[0]["state"] == "CANCELLED":
+                break
+            assert time.monotonic() - start < 30, rows
+            time.sleep(0.5)
+        assert done.returncode == 1  # a city that did not complete
+        assert time.monotonic() - start < 30
+    finally:
+        subprocess.run([str(DEV_CLUSTER), "accounting", "on"], capture_output=True, timeout=60, check=True)
+
+
+def test_status_table_format() -> None:
+    rows = [
+        {
+            "name": "city0",
+            "job": "5_0",
+            "state": "RUNNING",
+            "exit": "",
+            "restarts": 1,
+            "step": 40,
+            "last_line": "[rank 0] step 40",
+        }
+    ]
+    text = format_rows(rows)
+    assert text.splitlines()[0].split() == ["name", "job", "state", "exit", "restarts", "step", "last_line"]
+    assert "city0  5_0  RUNNING" in text and text.endswith("[rank 0] step 40")
+
+
+# ---------------------------------------------------------------- with the trainer
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "final" / "model.pt", weights_only=False)["model"]
+
+
+def submit_and_wait(run_dir: Path, overrides: list[str], timeout_s: float = 90) -> dict:
+    done = crosscity("submit", str(CONFIG), *overrides, f"train.run_dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    states = wait_finished([e["job"] for e in jobs["entries"]], timeout_s=timeout_s)
+    logs = "\n".join(Path(e["log"]).read_text()[-1500:] for e in jobs["entries"] if Path(e["log"]).exists())
+    assert {s.state for s in states.values()} == {"COMPLETED"}, logs
+    return jobs
+
+
+@pytest.mark.slurm
+def test_city_template_trains_one_city_of_two_tasks(small_dataset: Path, tmp_path: Path) -> None:
+    require_slurm()
+    run_dir = tmp_path / "city"
+    overrides = f"data.dir={small_dataset} data.cities=north train.steps=8 {' '.join(QUICK)}"
+    env = f"ALL,CONFIG={CONFIG},RUN_DIR={run_dir},OVERRIDES={overrides},PYTHON={sys.executable}"
+    job = sbatch(
+        "-N2",
+        "--ntasks-per-node=1",
+        f"--export={env}",
+        "-o",
+        str(tmp_path / "city.out"),
+        str(REPO / "slurm" / "city.sbatch"),
+        cwd=REPO,
+    )
+    state = wait_finished([job], timeout_s=90)[job]
+    assert state.state == "COMPLETED", (tmp_path / "city.out").read_text()[-3000:]
+    assert (run_dir / "summary.json").is_file() and (run_dir / "final" / "model.pt").is_file()
+    assert {p.name for p in (run_dir / "metrics").glob("rank*.jsonl")} == {"rank0.jsonl", "rank1.jsonl"}
+
+
+@pytest.mark.slurm
+def test_submit_two_cities_of_two_tasks(small_dataset: Path, tmp_path: Path) -> None:
+    require_slurm()
+    run_dir = tmp_path / "run"
+    common = [
+        f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
+        "topology.ranks_per_city=2",
+    ]
+    jobs = submit_and_wait(run_dir, [*common, "train.steps=8", *QUICK])
+    assert [e["name"] for e in jobs["entries"]] == ["city0", "city1"]
+    ranks = {
+        json.loads(line)["global_rank"]
+        for p in (run_dir / "metrics").glob("rank*.jsonl")
+        for line in p.read_text().splitlines()
+    }
+    assert ranks == {0, 1, 2, 3}
+    cities = {
+        json.loads(line)["city"]
+        for p in (run_dir / "metrics").glob("rank*.jsonl")
+        for line in p.read_text().splitlines()
+    }
+    assert cities == {0, 1}
+    assert wait_finished([jobs["coordinator"]], timeout_s=30)[jobs["coordinator"]].state == "COMPLETED"
+
+
+@pytest.mark.slurm
+def test_requeue_signal_requeues_only_that_city_and_resumes_exactly(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    require_slurm()
+    common = [
+        f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
+        "topology.ranks_per_city=2",
+        "train.steps=40",
+        "wan.sync_every=5",
+        *QUICK,
+    ]
+    ref = tmp_path / "ref"
+    submit_and_wait(ref, common)
+    run_dir = tmp_path / "pre"
+    done = crosscity("submit", str(CONFIG), *common, f"train.run_dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    city1 = jobs["entries"][1]["job"]
+    metrics = run_dir / "metrics" / "rank2.jsonl"  # city 1, local rank 0
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and '"step": 10,' in metrics.read_text()):
+        assert time.monotonic() < deadline, "city 1 never reached step 10"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", city1], check=True, timeout=10)  # what --signal=USR2@T sends
+    states = wait_finished([e["job"] for e in jobs["entries"]], timeout_s=90)
+    assert {s.state for s in states.values()} == {"COMPLETED"}, states
+    assert states[city1].restarts == 1 and states[jobs["entries"][0]["job"]].restarts == 0
+    assert "requeueing " + city1 + " only" in Path(jobs["entries"][1]["log"]).read_text()
+    want, got = final_params(ref), final_params(run_dir)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    assert query_states([city1])[city1].state == "COMPLETED"
