@@ -28,6 +28,11 @@ def format_summary(summary: dict, wall_s: float) -> str:
         f"WAN bytes sent: {summary['wan_bytes_sent'] / 1e6:.2f} MB in {summary['wan_rounds']} rounds "
         f"({summary['algorithm']}, codec {summary['codec']});  wall time {wall_s:.0f} s"
     )
+    if summary.get("wan_reduction"):
+        rows.append(
+            f"flat data parallel would have sent {summary['flat_dp_wan_bytes'] / 1e6:.0f} MB over the WAN: "
+            f"{summary['wan_reduction']:.0f}x more"
+        )
     return "\n".join(rows)
 
 

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.job_status import JOBS_FILE
-from launch.local_launcher import prepare_run_dir
 from train.atomic_io import atomic_write_text
-from train.config import Config, ConfigError, load_config
+from train.config import Config, ConfigError, load_config, save_config
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 BODY_MARK = "### body:"
@@ -78,6 +77,23 @@ class SlurmConfig:
 
     def tasks_per_node_for(self, ranks_per_city: int) -> int:
         return self.tasks_per_node or max(1, ranks_per_city // self.nodes)
+
+
+def resolve_run(
+    config: str | Path, overrides: Sequence[str], run_dir: str | Path | None = None
+) -> tuple[Config, Path]:
+    """Load + validate the config and write RUN_DIR/config.yaml (what the ranks read).
+
+    Same result as launch.local_launcher.prepare_run_dir, but without importing torch: submit,
+    sweep and status run on login nodes, where a multi-second torch import is wasted.
+    """
+    cfg = load_config(config, list(overrides))
+    if run_dir is not None:
+        cfg.train.run_dir = str(run_dir)
+    path = Path(cfg.train.run_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, path / "config.yaml")
+    return cfg, path
 
 
 def slurm_config(cfg: Config) -> SlurmConfig:
@@ -288,8 +304,8 @@ def main(argv: list[str]) -> int:
                 if text is not None:
                     print(f"# ===== {plan.run_dir}/slurm/{name}\n{text}")
             return 0
-        cfg, run_dir = prepare_run_dir(args.config, args.overrides)
-        plan = plan_run(cfg, run_dir.resolve(), max_array_size())
+        cfg, run_dir = resolve_run(args.config, args.overrides)
+        plan = plan_run(cfg, run_dir, max_array_size())
         jobs = submit_plan(plan, cfg.topology.ranks_per_city)
     except ConfigError as exc:
         print(f"crosscity submit: config error: {exc}", file=sys.stderr)

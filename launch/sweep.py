@@ -23,12 +23,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from launch.job_status import FINISHED, JOBS_FILE, entry_states, load_jobs, tail_lines
-from launch.local_launcher import prepare_run_dir
 from launch.submit import (
     SubmitError,
     chunks,
     max_array_size,
     render,
+    resolve_run,
     sbatch,
     slurm_config,
     template_body,
@@ -85,7 +85,7 @@ def prepare_points(
     for i, params in enumerate(points):
         run_dir = sweep_dir / "points" / point_name(i)
         try:
-            cfg, _ = prepare_run_dir(config, [*overrides, *(f"{k}={v}" for k, v in params.items())], run_dir)
+            cfg, _ = resolve_run(config, [*overrides, *(f"{k}={v}" for k, v in params.items())], run_dir)
         except ConfigError as exc:
             raise ConfigError(f"sweep point {point_name(i)} {params}: {exc}") from None
         cmd = command.format(

@@ -27,7 +27,9 @@ class FakeGpu:
     name: str = "NVIDIA Fake 80GB"
     values: dict[str, Any] = field(default_factory=dict)
     unsupported: set[str] = field(default_factory=set)  # answers raising NVMLError_NotSupported
-    failing: set[str] = field(default_factory=set)  # answers raising NVMLError_Unknown
+    failing: set[str] = field(
+        default_factory=set
+    )  # answers raising NVMLError_Unknown ("handle": NoPermission)
     migs: list[FakeGpu] = field(default_factory=list)
     gi_ci: tuple[int, int] = (0, 0)  # MIG instance: (gpu instance id, compute instance id)
 
@@ -86,6 +88,8 @@ class FakeNvml:
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
+        if "handle" in self.gpus[i].failing:
+            raise nvml_error(_real.NVML_ERROR_NO_PERMISSION)
         return self.gpus[i]
 
     def nvmlDeviceGetUUID(self, h: FakeGpu) -> str:

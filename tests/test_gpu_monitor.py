@@ -116,6 +116,14 @@ def test_device_mapping_indexes_uuid_prefixes_and_mig(caplog):
     assert "expected MIG-GPU-<uuid>/<gi>/<ci>" in caplog.text
 
 
+def test_a_board_nvml_cannot_open_is_left_out(caplog):
+    nvml = FakeNvml([FakeGpu(UUID_A, failing={"handle"}), FakeGpu(UUID_B, values=typical_values())])
+    with caplog.at_level(logging.WARNING):
+        assert [(d.index, d.uuid) for d in resolve_devices(nvml, None)] == [(1, UUID_B)]
+        assert [d.uuid for d in resolve_devices(nvml, [1, 0])] == [UUID_B]
+    assert "GPU 0 cannot be opened" in caplog.text and "GPU index 0: NVML opened GPU(s) [1]" in caplog.text
+
+
 def test_mig_instance_reads_memory_from_instance_and_power_from_board():
     nvml = two_gpus_one_with_mig()
     nvml.gpus[1].values["memory"].used = 0  # the board's memory differs from the instance's
@@ -177,6 +185,8 @@ def test_thread_samples_periodically_and_stops(caplog):
             time.sleep(0.01)
         thread = mon._thread
     assert not thread.is_alive() and not nvml.initialized
+    with GpuMonitor(sink, 60.0, devices=[0], nvml=nvml):  # a restart uses the same binding
+        assert nvml.initialized
     with lock:
         seen = list(records)
     time.sleep(0.06)

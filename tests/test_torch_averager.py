@@ -18,7 +18,6 @@ from tests.test_wan_collectives import run_ranks
 from train.config import WanConfig
 from train.process_groups import Groups
 from train.topology import Topology
-from train.torch_baseline_sync import TorchHierarchicalSync
 from train.wan_collectives import ring_allreduce_bytes
 
 H, STEPS, BATCH = 3, 10, 8

@@ -118,22 +118,30 @@ def _try(nvml: Any, fn: Callable[[], Any]) -> Any:
 
 
 def _enumerate(nvml: Any) -> tuple[list[Device], list[tuple[Device, int, int]]]:
-    """Every physical GPU, and every MIG instance as (device, gpu instance id, compute instance id)."""
+    """Every physical GPU, and every MIG instance as (device, gpu instance id, compute instance id).
+
+    A board NVML cannot open (lost, no permission) is reported once and left out.
+    """
     gpus: list[Device] = []
     migs: list[tuple[Device, int, int]] = []
     for i in range(nvml.nvmlDeviceGetCount()):
-        h = nvml.nvmlDeviceGetHandleByIndex(i)
-        uuid = nvml.nvmlDeviceGetUUID(h)
-        gpu = Device(i, uuid, nvml.nvmlDeviceGetName(h), h, h, board_uuid=uuid)
+        try:
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = nvml.nvmlDeviceGetUUID(h)
+            gpu = Device(i, uuid, nvml.nvmlDeviceGetName(h), h, h, board_uuid=uuid)
+        except nvml.NVMLError as exc:
+            _say_once(f"gpu monitor: GPU {i} cannot be opened through NVML ({exc}); not sampled")
+            continue
         gpus.append(gpu)
         mode = _try(nvml, lambda h=h: nvml.nvmlDeviceGetMigMode(h))
         if not mode or mode[0] != nvml.NVML_DEVICE_MIG_ENABLE:
             continue
         for j in range(nvml.nvmlDeviceGetMaxMigDeviceCount(h)):
             m = _try(nvml, lambda h=h, j=j: nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j))
-            if m is None:
+            mig_uuid = None if m is None else _try(nvml, lambda m=m: nvml.nvmlDeviceGetUUID(m))
+            if mig_uuid is None:
                 continue
-            dev = Device(i, nvml.nvmlDeviceGetUUID(m), f"{gpu.name} MIG {j}", m, h, board_uuid=uuid, mig=True)
+            dev = Device(i, mig_uuid, f"{gpu.name} MIG {j}", m, h, board_uuid=uuid, mig=True)
             gi = _try(nvml, lambda m=m: nvml.nvmlDeviceGetGpuInstanceId(m))
             ci = _try(nvml, lambda m=m: nvml.nvmlDeviceGetComputeInstanceId(m))
             migs.append((dev, -1 if gi is None else gi, -1 if ci is None else ci))
@@ -142,9 +150,10 @@ def _enumerate(nvml: Any) -> tuple[list[Device], list[tuple[Device, int, int]]]:
 
 def _match(spec: DeviceSpec, gpus: list[Device], migs: list[tuple[Device, int, int]]) -> Device:
     if isinstance(spec, int):
-        if not 0 <= spec < len(gpus):
-            raise LookupError(f"GPU index {spec}: NVML sees {len(gpus)} GPU(s)")
-        return gpus[spec]
+        found = [d for d in gpus if d.index == spec]
+        if not found:
+            raise LookupError(f"GPU index {spec}: NVML opened GPU(s) {[d.index for d in gpus]}")
+        return found[0]
     if spec.startswith("MIG-GPU-"):  # legacy form MIG-GPU-<uuid>/<gpu instance>/<compute instance>
         try:
             parent, gi, ci = spec[len("MIG-") :].split("/")
@@ -288,7 +297,8 @@ class GpuMonitor:
         self.sink = sink
         self.interval_s = interval_s
         self.host = HostSampler()
-        self.nvml = nvml
+        self._module = nvml  # the binding to use (None: import pynvml at start)
+        self.nvml: Any = None  # the binding while NVML is initialised
         self.devices: list[Device] = []
         self._specs = visible_devices() if devices is None else devices
         self._events: Any = None
@@ -300,23 +310,22 @@ class GpuMonitor:
     def _open(self) -> None:
         if self._specs == []:
             log.info("gpu monitor: no GPU assigned to this rank; recording host CPU/RSS only")
-            self.nvml = None
             return
-        if self.nvml is None:
+        nvml = self._module
+        if nvml is None:
             try:
-                import pynvml
+                import pynvml as nvml
             except ImportError:
                 _say_once("gpu monitor: nvidia-ml-py (pynvml) is not installed; recording host CPU/RSS only")
                 return
-            self.nvml = pynvml
-        nvml = self.nvml
         try:
             nvml.nvmlInit()
+            self.nvml = nvml
+            self.devices = resolve_devices(nvml, self._specs)
         except nvml.NVMLError as exc:
             _say_once(f"gpu monitor: no GPU via NVML ({exc}); recording host CPU/RSS only")
-            self.nvml = None
+            self._close()
             return
-        self.devices = resolve_devices(nvml, self._specs)
         if not self.devices:
             _say_once(f"gpu monitor: none of the devices {self._specs} is visible to NVML; host CPU/RSS only")
         self._open_xid_events()

@@ -12,6 +12,7 @@ from torch import nn
 from train.atomic_io import atomic_write, atomic_write_text
 from train.config import Config, to_dict
 from train.evaluate import pool_metrics
+from train.lan_allreduce import ring_allreduce_bytes
 from train.metrics_log import read_records
 
 
@@ -32,10 +33,17 @@ def write_summary(
         )
     overall = pool_metrics([g["sums"] for g in gathered if g["sums"] is not None])
     wan = read_records(run_dir, "wan")
+    sent = sum(r["bytes_sent"] for r in wan)
+    n_params = sum(p.numel() for p in model.parameters())
+    topo = cfg.topology
+    # What flat data parallel puts on the WAN for the same steps: one fp32 gradient ring hop out of each city.
+    flat = cfg.train.steps * topo.cities * ring_allreduce_bytes(n_params + 1, 4, topo.cities * topo.ranks_per_city)
     summary = {
         "cities": cities,
         "overall": {f"val_{k}": v for k, v in overall.items()},
-        "wan_bytes_sent": sum(r["bytes_sent"] for r in wan),
+        "wan_bytes_sent": sent,
+        "flat_dp_wan_bytes": flat if topo.cities > 1 else 0,
+        "wan_reduction": flat / sent if sent and topo.cities > 1 else None,
         "wan_rounds": len({r["round"] for r in wan}),
         "wall_s": wall_s,
         "steps": cfg.train.steps,

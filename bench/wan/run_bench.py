@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +23,8 @@ if str(REPO_ROOT) not in sys.path:  # `crosscity bench wan` loads this file by p
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.wan.emulator import WanEmulator  # noqa: E402
-from bench.wan.link_probe import LinkReport, probe  # noqa: E402
+from bench.wan.link_probe import probe  # noqa: E402
+from bench.wan.results_report import BenchRun, mb, write_results  # noqa: E402
 from bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome  # noqa: E402
 from launch.local_launcher import LocalLauncher, prepare_run_dir  # noqa: E402
 from train.atomic_io import atomic_write_text  # noqa: E402
@@ -52,13 +51,6 @@ SWEEP_METHODS = ["flat", "torch_hierarchical", "diloco+int8", "streaming+int8"]
 
 class BenchError(RuntimeError):
     """A benchmark run failed; the message names the method and its logs."""
-
-
-@dataclass
-class BenchRun:
-    method: str
-    rate_mbit: float
-    outcome: RunOutcome
 
 
 def run_method(
@@ -104,172 +96,6 @@ def ensure_data(data_dir: Path) -> None:
     print(f"[bench] preparing the shipped Beijing data into {data_dir}", flush=True)
     if prep_cli.main(["--preset", "beijing", "--out", str(data_dir)]) != 0:
         raise BenchError(f"data preparation into {data_dir} failed")
-
-
-# ------------------------------------------------------------------ the report
-def _mb(n: float | None) -> str:
-    return "-" if n is None else f"{n / 1e6:,.2f}"
-
-
-def _secs(s: float | None) -> str:
-    return "not reached" if s is None else f"{s:.1f}"
-
-
-def main_table(runs: list[BenchRun]) -> str:
-    flat = next(r.outcome for r in runs if r.method == "flat")
-    target = flat.final_rmse
-    flat_t = flat.time_to(target)
-    rows = [
-        f"Target: flat DDP's final val RMSE = {target:.3f} ug/m3.",
-        "",
-        "| method | time to target (s) | speed-up vs flat | final val RMSE | vs flat "
-        "| WAN bytes sent (MB, accounted) | less than flat | wire bytes (MB, measured) "
-        "| compute util | train time (s) | rounds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        o = r.outcome
-        t = o.time_to(target)
-        speedup = "-" if t is None or flat_t is None else f"{flat_t / max(t, 1e-9):.1f}x"
-        reduction = f"{flat.wan_bytes / o.wan_bytes:,.0f}x" if o.wan_bytes else "-"
-        rows.append(
-            f"| {r.method} | {_secs(t)} | {speedup} | {o.final_rmse:.3f} "
-            f"| {100 * (o.final_rmse / target - 1):+.2f}% "
-            f"| {_mb(o.wan_bytes)} | {reduction} | {_mb(o.wire_bytes)} | {100 * o.compute_util:.0f}% "
-            f"| {o.train_s:.1f} | {o.wan_rounds} |"
-        )
-    return "\n".join(rows)
-
-
-def acceptance(runs: list[BenchRun]) -> str:
-    """The issue's acceptance criteria, checked against the measured table."""
-    by = {r.method: r.outcome for r in runs}
-    flat = by["flat"]
-    target, flat_t = flat.final_rmse, flat.time_to(flat.final_rmse)
-    ours = {m: o for m, o in by.items() if m not in ("flat", "torch_hierarchical")}
-    reached = {m: o.time_to(target) for m, o in ours.items() if o.time_to(target) is not None}
-    lines = []
-    if reached and flat_t:
-        best = min(reached, key=lambda m: reached[m])
-        b = by[best]
-        torch_t = by["torch_hierarchical"].time_to(target) if "torch_hierarchical" in by else None
-        checks = [
-            (
-                f"best method ({best}) reaches the target >= 5x sooner",
-                flat_t / reached[best] >= 5,
-                f"{flat_t / reached[best]:.1f}x",
-            ),
-            (
-                "... sends >= 100x fewer WAN bytes",
-                flat.wan_bytes >= 100 * b.wan_bytes,
-                f"{flat.wan_bytes / max(b.wan_bytes, 1):,.0f}x",
-            ),
-            (
-                "... ends within 2% of flat's final val RMSE",
-                abs(b.final_rmse / target - 1) <= 0.02,
-                f"{100 * (b.final_rmse / target - 1):+.2f}%",
-            ),
-            (
-                "... beats torch HierarchicalModelAverager on time to target",
-                torch_t is None or reached[best] < torch_t,
-                f"{_secs(reached[best])} s vs {_secs(torch_t)} s",
-            ),
-        ]
-        lines += [f"- [{'x' if ok else ' '}] {text}: {value}" for text, ok, value in checks]
-    else:
-        lines.append("- [ ] no method of ours reached flat DDP's final val RMSE")
-    for m, o in by.items():
-        if m.startswith("streaming"):
-            ok = o.compute_util >= 0.9
-            lines.append(
-                f"- [{'x' if ok else ' '}] {m} keeps compute utilisation >= 90%: {100 * o.compute_util:.0f}%"
-            )
-    return "\n".join(lines)
-
-
-def sweep_table(runs: list[BenchRun], rates: list[float]) -> str:
-    methods = [m for m in dict.fromkeys(r.method for r in runs) if sum(r.method == m for r in runs) > 1]
-    head = "| method | " + " | ".join(f"{rate:g} Mbit/s: train s / to target s" for rate in rates) + " |"
-    rows = [head, "|---|" + "---:|" * len(rates)]
-    for m in methods:
-        cells = []
-        for rate in rates:
-            at = [r for r in runs if r.rate_mbit == rate]
-            run = next((r for r in at if r.method == m), None)
-            flat = next((r for r in at if r.method == "flat"), None)
-            if run is None or flat is None:
-                cells.append("-")
-                continue
-            cells.append(f"{run.outcome.train_s:.1f} / {_secs(run.outcome.time_to(flat.outcome.final_rmse))}")
-        rows.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    import torch
-
-    return (
-        f"{platform.node()}: {cpu}, {len(__import__('os').sched_getaffinity(0))} cores, "
-        f"Linux {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
-    )
-
-
-def write_results(
-    path: Path,
-    args: argparse.Namespace,
-    argv: list[str],
-    link: LinkReport | None,
-    runs: list[BenchRun],
-    started: datetime,
-    seconds: float,
-) -> None:
-    main_runs = [r for r in runs if r.rate_mbit == args.rate_mbit]
-    parts = [
-        "# WAN benchmark: hierarchical methods vs flat DDP on an emulated WAN",
-        "",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC (took {seconds / 60:.1f} min)",
-        f"- machine: {machine()}",
-        f"- command: `crosscity bench wan {' '.join(argv)}`",
-        f"- WAN: {args.cities} cities x {args.ranks_per_city} ranks, each city a network namespace; "
-        f"{args.rate_mbit:g} Mbit/s TBF up and down per city, {args.delay_ms:g} ms one-way delay (NFQUEUE)",
-        f"- training: bench/wan/config.yaml, {args.steps} steps per rank, "
-        "same seed, data and sample budget for every method",
-        "- definitions (bench/wan/run_outcome.py): training clock from the first step, validation "
-        "passes excluded; time to target = first pooled val RMSE <= flat DDP's final; compute util = "
-        "(data + compute) / step time; accounted bytes = the trainer's `wan` records, wire = IP bytes "
-        "that crossed the emulated WAN.",
-    ]
-    if link is not None:
-        parts.append(
-            f"- link check (bench/wan/link_probe.py): RTT {link.rtt_ms:.1f} ms, TCP goodput "
-            f"{link.goodput_mbit:.1f} Mbit/s, gloo all_reduce of {link.allreduce_bytes / 2**20:.0f} MiB "
-            f"between two cities {link.allreduce_s:.2f} s"
-        )
-    parts += [
-        "",
-        f"## Methods at {args.rate_mbit:g} Mbit/s, {args.delay_ms:g} ms",
-        "",
-        main_table(main_runs),
-        "",
-    ]
-    parts += ["## Acceptance (issue 4)", "", acceptance(main_runs), ""]
-    if len(args.sweep) > 1:
-        parts += [
-            f"## Rate sweep ({args.delay_ms:g} ms one-way; {args.sweep_steps} steps per rank except "
-            f"{args.steps} at {args.rate_mbit:g} Mbit/s)",
-            "",
-            sweep_table(runs, args.sweep),
-            "",
-        ]
-    atomic_write_text(path, "\n".join(parts))
 
 
 # ------------------------------------------------------------------ the command
@@ -344,6 +170,8 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
         *args.overrides,
     ]
     runs: list[BenchRun] = []
+    failures: list[str] = []
+    attempted = 0
     link = None
     for rate in args.sweep:
         todo = [m for r, m in plan if r == rate]
@@ -357,20 +185,26 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
                 run_dir = args.out / f"{rate:g}mbit" / method.replace("+", "_")
                 t = time.monotonic()
                 steps = args.steps if rate == args.rate_mbit else args.sweep_steps
-                outcome = run_method(wan, method, run_dir, [*common, f"train.steps={steps}"])
+                attempted += 1
+                try:
+                    outcome = run_method(wan, method, run_dir, [*common, f"train.steps={steps}"])
+                except (BenchError, ValueError) as exc:  # one broken method must not void the others
+                    failures.append(f"{method} @ {rate:g} Mbit/s: {exc}")
+                    print(f"[bench] FAILED {failures[-1]}", flush=True)
+                    continue
                 runs.append(BenchRun(method, rate, outcome))
-                done = len(runs)
-                eta = (time.monotonic() - clock) / done * (len(plan) - done)
+                eta = (time.monotonic() - clock) / attempted * (len(plan) - attempted)
                 print(
-                    f"[bench] {done}/{len(plan)} {method} @ {rate:g} Mbit/s: {time.monotonic() - t:.0f} s, "
-                    f"val RMSE {outcome.final_rmse:.3f}, WAN {_mb(outcome.wan_bytes)} MB, "
+                    f"[bench] {attempted}/{len(plan)} {method} @ {rate:g} Mbit/s: "
+                    f"{time.monotonic() - t:.0f} s, "
+                    f"val RMSE {outcome.final_rmse:.3f}, WAN {mb(outcome.wan_bytes)} MB, "
                     f"train {outcome.train_s:.1f} s, util {100 * outcome.compute_util:.0f}%; "
                     f"ETA {eta / 60:.1f} min",
                     flush=True,
                 )
-    write_results(args.results, args, argv, link, runs, started, time.monotonic() - clock)
+    write_results(args.results, args, argv, link, runs, failures, started, time.monotonic() - clock)
     print(f"[bench] results: {args.results}", flush=True)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
