@@ -149,7 +149,7 @@ class CsvSource:
     """Iterates RowChunks of one input file under a schema and a bad-input policy."""
 
     def __init__(
-        self, path: Path, schema: Schema, stations: set[str], bad: BadInput, chunk_rows: int = 50_000
+        self, path: Path, schema: Schema, stations: set[str], bad: BadInput, chunk_rows: int = 16_384
     ):
         self.path = Path(path)
         self.schema = schema

@@ -127,7 +127,8 @@ def test_schema_errors_name_file_key_and_allowed(tmp_path):
     bad.write_text(PRESET_SCHEMA.read_text().replace("encoding: compass16", "encoding: polar"))
     with pytest.raises(
         SchemaError,
-        match=r"s.yaml: key 'categorical.wd.encoding': value 'polar' not allowed; expected one of \['compass16', 'degrees'\]",
+        match=r"s.yaml: key 'categorical.wd.encoding': value 'polar' not allowed; "
+        r"expected one of \['compass16', 'degrees'\]",
     ):
         load_schema(bad)
     bad.write_text(PRESET_SCHEMA.read_text() + "colour: red\n")
@@ -151,7 +152,5 @@ def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert (
-        err[0]
-        == f"error: {path}:6: column 'PM2.5': value 'abc' is not a number (missing tokens: ['NA']) [non_numeric]"
-    )
+    reason = "column 'PM2.5': value 'abc' is not a number (missing tokens: ['NA']) [non_numeric]"
+    assert err[0] == f"error: {path}:6: {reason}"

@@ -27,7 +27,8 @@ def evaluate(
     sums = {"se": 0.0, "ae": 0.0, "p_se": 0.0, "p_ae": 0.0, "count": 0.0}
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in indexes[start : start + batch_size]]
-        x, y, mask = (torch.stack(parts) for parts in zip(*items, strict=True))
+        device = next(model.parameters(), torch.empty(0)).device
+        x, y, mask = (torch.stack(parts).to(device) for parts in zip(*items, strict=True))
         pred = model(x) * std + mean
         truth = y * std + mean
         persistence = (x[:, -1, target_index] * std + mean).unsqueeze(1).expand_as(truth)

@@ -25,10 +25,22 @@ class Groups:
     stripe_ranks: list[int]  # global ranks of my stripe, in city order
 
 
-def pick_backend(requested: str) -> str:
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """One GPU per rank (local rank modulo the visible GPUs), or the CPU."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but torch sees no CUDA device")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def pick_backend(requested: str, device: torch.device) -> str:
+    """NCCL for GPU tensors, gloo for CPU tensors, unless the config names one."""
     if requested in ("gloo", "nccl"):
         return requested
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def init_groups(topo: Topology, store: dist.Store, backend: str, timeout_s: float = 600.0) -> Groups:

@@ -37,7 +37,11 @@ def write_summary(
     n_params = sum(p.numel() for p in model.parameters())
     topo = cfg.topology
     # What flat data parallel puts on the WAN for the same steps: one fp32 gradient ring hop out of each city.
-    flat = cfg.train.steps * topo.cities * ring_allreduce_bytes(n_params + 1, 4, topo.cities * topo.ranks_per_city)
+    flat = (
+        cfg.train.steps
+        * topo.cities
+        * ring_allreduce_bytes(n_params + 1, 4, topo.cities * topo.ranks_per_city)
+    )
     summary = {
         "cities": cities,
         "overall": {f"val_{k}": v for k, v in overall.items()},

@@ -28,7 +28,7 @@ from train.evaluate import evaluate, pool_metrics
 from train.lan_allreduce import allreduce_gradients, ring_allreduce_bytes
 from train.metrics_log import MetricsLog
 from train.models import build_model
-from train.process_groups import destroy_groups, init_groups, pick_backend
+from train.process_groups import destroy_groups, init_groups, pick_backend, pick_device
 from train.rendezvous import advance_generation, connect_store, generation, generation_store
 from train.run_summary import write_summary
 from train.topology import Topology
@@ -82,7 +82,8 @@ class Trainer:
         self.run_dir, self.cfg, self.topo, self.stop = run_dir, cfg, topo, stop
         self.gen = generation(store)
         seed_everything(cfg.train.seed)  # same init on every rank of every city
-        backend = pick_backend(cfg.lan.backend)
+        self.device = pick_device(cfg.train.device, topo.local_rank)
+        backend = pick_backend(cfg.lan.backend, self.device)
         self.groups = init_groups(topo, generation_store(store, self.gen), backend)
         self.store = store
         self.flat = cfg.wan.algorithm == "flat"
@@ -107,7 +108,7 @@ class Trainer:
 
         self.model = build_model(
             cfg.model, cfg.data.past_hours, self.train_ds.n_inputs, cfg.data.horizon_hours
-        )
+        ).to(self.device)
         self.optimizer = self._build_optimizer()
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
         self.sync: InterCitySync = build_sync(cfg.wan, self.model, self.optimizer, topo, self.groups)
@@ -161,7 +162,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        x, y, mask = self.batches.next()
+        x, y, mask = (t.to(self.device, non_blocking=True) for t in self.batches.next())
         t1 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=False)
         pred = self.model(x)
@@ -225,7 +226,7 @@ class Trainer:
         mine = votes > 0
         if not at_round:
             return False, False
-        flag = torch.tensor([1.0 if mine else 0.0])
+        flag = torch.tensor([1.0 if mine else 0.0], device=self.device)
         dist.all_reduce(flag, group=self.groups.world)
         return bool(flag.item() > 0), mine
 

@@ -33,14 +33,15 @@ from train.models import build_model
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PRESETS = REPO / "data_prep" / "presets"
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the (torch-sized) parent
 PREP_CHILD = """
-import json, resource, sys, time
+import json, re, sys, time
 from pathlib import Path
 from data_prep.prepare import prepare
 start = time.perf_counter()
 report = prepare(sys.argv[1], sys.argv[2], sys.argv[3], [Path(p) for p in sys.argv[4:]], progress=False)
-print(json.dumps({"rows": report.rows_read, "seconds": time.perf_counter() - start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+print(json.dumps({"rows": report.rows_read, "seconds": time.perf_counter() - start, "peak_rss_mb": hwm_kb / 1024}))
 """
 
 
@@ -76,7 +77,8 @@ def reader_rate(city_dir: Path, workers: int, batches: int, batch_size: int = 64
     sampler = RankSampler(len(ds), 0, 2, seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers)
     it = iter(loader)
-    next(it)  # worker start-up and the lazy city load are not steady state
+    for _ in range(2 * max(workers, 1)):
+        next(it)  # worker start-up and the lazy city loads are not steady state
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -102,6 +104,7 @@ def training_rate(n_inputs: int, steps: int, batch_size: int = 64) -> float:
 def markdown(r: dict) -> str:
     p1, pn = r["prep_1x"], r["prep_nx"]
     n = r["replicas"]
+    ratio = r["reader_w0"] / r["train"]
     return f"""# Data benchmark results
 
 Command: `python -m bench.data.run_bench` (from the repo root). Machine: {r["machine"]}.
@@ -122,7 +125,8 @@ Peak RSS ratio {n}x / 1x: **{pn["peak_rss_mb"] / p1["peak_rss_mb"]:.2f}** (must 
 | reader, DataLoader num_workers=2 | {r["reader_w2"]:,.0f} |
 | demo model training consumption (MLP 128x2, AdamW, forward+backward+step) | {r["train"]:,.0f} |
 
-Reader / training: **{r["reader_w0"] / r["train"]:.0f}x** with 0 workers (must be >= 10x).
+Reader / training: **{ratio:.0f}x** with 0 workers (must be >= 10x). Both measured with one torch
+thread per process, as the trainer runs each rank.
 """
 
 
@@ -131,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=10, help="size of the replicated copy (default 10x)")
     ap.add_argument("--out", type=Path, default=HERE, help="folder for RESULTS.md and results.json")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # one thread per rank, as in train/trainer.py
     results: dict = {
         "replicas": args.replicas,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_at_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     schema, cities = PRESETS / "beijing_schema.yaml", PRESETS / "beijing_cities.yaml"
