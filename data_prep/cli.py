@@ -21,7 +21,8 @@ EXAMPLES = """examples:
   crosscity prep --preset beijing --out data/beijing
   crosscity prep --schema my_schema.yaml --cities my_cities.yaml --out data/mine exports/*.csv.gz
   crosscity prep append --data data/beijing new_rows.csv
-  crosscity prep verify data/beijing --full
+  crosscity prep verify data/beijing          # sha256 + structure of every shard
+  crosscity prep verify data/beijing --quick  # sizes and versions only (what training checks)
 see docs/data_format.md for the schema and cities file formats."""
 
 
@@ -72,7 +73,11 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         formatter_class=fmt,
     )
     check.add_argument("data", type=Path, help="dataset root or one city folder")
-    check.add_argument("--full", action="store_true", help="also hash every shard and check its contents")
+    depth = check.add_mutually_exclusive_group()
+    depth.add_argument(
+        "--full", action="store_true", help="hash every shard and check its contents (default)"
+    )
+    depth.add_argument("--quick", action="store_true", help="only sizes and versions (what training checks)")
     return {"prep": prep, "append": add, "verify": check}
 
 
@@ -81,8 +86,8 @@ def _run(argv: list[str]) -> int:
     command = argv[0] if argv and argv[0] in ("append", "verify") else "prep"
     args = parsers[command].parse_args(argv[1:] if command != "prep" else argv)
     if command == "verify":
-        cities = verify_dataset(args.data, full=args.full)
-        kind = "full" if args.full else "quick"
+        cities = verify_dataset(args.data, full=not args.quick)
+        kind = "quick" if args.quick else "full"
         print(f"verify ({kind}): OK, {len(cities)} cities: {', '.join(c.name for c in cities)}")
         return 0
     policies = {

@@ -119,20 +119,19 @@ class _Pending:
 
 
 def _stage_inputs(
-    root: Path,
+    staging: Staging,
     schema: Schema,
     cities: Cities,
     inputs: list[Path],
     bad: BadInput,
     report: PrepReport,
     progress: bool,
-) -> Staging:
+) -> None:
     """Parse every input in bounded chunks into the staging area (memory does not grow with input)."""
     for path in inputs:
         if not path.is_file():
             raise InputError(f"{path}: input file not found")
     city_of = cities.city_of
-    staging = Staging(root / STAGING, len(schema.feature_names))
     meter = Progress("prep", sum(p.stat().st_size for p in inputs), enabled=progress)
     done_bytes = 0
     for index, path in enumerate(inputs):
@@ -141,7 +140,6 @@ def _stage_inputs(
             report.rows_read += len(chunk.time)
             meter.update(done_bytes + chunk.bytes_read, report.rows_read)
         done_bytes += path.stat().st_size
-    return staging
 
 
 def _merge_city(
@@ -221,15 +219,18 @@ def _ingest(
     start = time.monotonic()
     report = PrepReport(inputs=[str(p) for p in inputs])
     bad = BadInput(on_bad_input)
-    staging = _stage_inputs(root, schema, cities, inputs, bad, report, progress)
-    report.skipped = {k: bad.skipped[k] for k in BAD_CLASSES}
+    staging = Staging(root / STAGING, len(schema.feature_names))
     pendings: list[_Pending] = []
     try:
+        _stage_inputs(staging, schema, cities, inputs, bad, report, progress)
+        report.skipped = {k: bad.skipped[k] for k in BAD_CLASSES}
         for city, stations in cities.stations.items():
             pendings.append(_merge_city(root, city, stations, schema, staging, on_conflict, inputs))
     except BaseException:
         _discard(pendings)
         raise
+    finally:
+        staging.remove()
     for p in pendings:
         c = p.counts
         report.rows_added += c.added
@@ -244,7 +245,6 @@ def _ingest(
         if p.manifest["version"]:
             m = p.manifest
             report.cities[m["city"]] = {"version": m["version"], "rows": m["rows"], "gaps": m["gaps"]}
-    staging.remove()
     write_global_stats(root)
     report.seconds = time.monotonic() - start
     atomic_write_text(root / REPORT, report.to_json())

@@ -16,7 +16,7 @@ import numpy as np
 from data_prep.errors import DatasetError
 from data_prep.manifest import MANIFEST, city_dirs, load_manifest
 from data_prep.schema import SCHEMA_VERSION
-from data_prep.shards import SHARD_FORMAT, sha256_file
+from data_prep.shards import SHARD_FORMAT, sha256_file, shard_name
 
 
 def quick_check(city_dir: str | Path) -> None:
@@ -26,6 +26,8 @@ def quick_check(city_dir: str | Path) -> None:
         raise DatasetError(f"{city_dir / MANIFEST}: rows {m['rows']} != sum of shard rows")
     for s in m["shards"]:
         path = city_dir / s["file"]
+        if s["file"] != shard_name(s["station"], s["year"], s["version"]) or s["version"] > m["version"]:
+            raise DatasetError(f"{path}: shard name/version does not match manifest version {m['version']}")
         if not path.is_file():
             raise DatasetError(f"{path}: shard missing (manifest version {m['version']})")
         size = path.stat().st_size
@@ -35,7 +37,7 @@ def quick_check(city_dir: str | Path) -> None:
             )
 
 
-def _check_shard(path: Path, entry: dict, features: list[str], version: int) -> None:
+def _check_shard(path: Path, entry: dict, features: list[str]) -> None:
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise DatasetError(
@@ -58,8 +60,10 @@ def _check_shard(path: Path, entry: dict, features: list[str], version: int) -> 
     for key, value in expected.items():
         if attrs.get(key) != value:
             raise DatasetError(f"{path}: attribute {key}={attrs.get(key)!r}, expected {value!r}")
-    if json.loads(attrs["feature_names"]) != features or entry["version"] > version:
-        raise DatasetError(f"{path}: feature names or version do not match the manifest")
+    if json.loads(attrs["feature_names"]) != features:
+        raise DatasetError(
+            f"{path}: feature names {attrs['feature_names']} differ from the manifest's {features}"
+        )
     n = entry["rows"]
     want = {"values": (n, len(features)), "mask": (n, len(features)), "station_id": (n,)}
     if time.shape != (n,) or shapes != want:
@@ -74,7 +78,7 @@ def full_check(city_dir: str | Path) -> None:
     m = load_manifest(city_dir)
     features = [f["name"] for f in m["features"]]
     for s in m["shards"]:
-        _check_shard(city_dir / s["file"], s, features, m["version"])
+        _check_shard(city_dir / s["file"], s, features)
 
 
 def verify_dataset(path: str | Path, full: bool = False) -> list[Path]:

@@ -61,6 +61,10 @@ class CityWindows(torch.utils.data.Dataset):
             raise ValueError(f"split {split!r}: allowed {SPLITS}")
         if stats not in ("city", "global"):
             raise ValueError(f"stats {stats!r}: allowed 'city' or 'global'")
+        if len(fractions) != 3 or min(fractions) <= 0 or sum(fractions) > 1 + 1e-9:
+            raise ValueError(
+                f"fractions {fractions}: need 3 positive train/val/test fractions summing to <= 1"
+            )
         if past < 1 or horizon < 1 or not 0 <= max_missing <= 1:
             raise ValueError(
                 f"need past >= 1, horizon >= 1, 0 <= max_missing <= 1; got {past}, {horizon}, {max_missing}"

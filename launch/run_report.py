@@ -24,7 +24,7 @@ import yaml
 
 from train.atomic_io import atomic_write, atomic_write_text
 from train.metrics_log import read_records
-from train.straggler import StragglerDetector
+from train.straggler import StragglerDetector, peer_ratios
 
 PHASES = (
     ("t_data", "data wait"),
@@ -120,7 +120,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:,.{digits}f}"
+        # counts that arrive as floats (pooled n_windows) read better without decimals
+        return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000 else f"{value:,.{digits}f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
@@ -146,25 +147,45 @@ def step_breakdown(run: Run, city: int) -> dict[str, float]:
     return out
 
 
-def straggler_findings(run: Run) -> list[dict[str, Any]]:
-    """Stragglers found afterwards from each rank's busy time (data + compute) per logged step.
+def _busy_by_step(run: Run, city: int) -> dict[int, dict[int, float]]:
+    """step -> local rank -> busy seconds (data + compute) of that logged step."""
+    by_step: dict[int, dict[int, float]] = defaultdict(dict)
+    for r in run.of_city("train", city):
+        by_step[r["step"]][r["local_rank"]] = r.get("t_data", 0.0) + r.get("t_compute", 0.0)
+    return by_step
 
-    The trainer logs every train.log_every steps, so monitor.straggler_steps is converted to
-    that many logged records.
+
+def straggler_findings(run: Run) -> list[dict[str, Any]]:
+    """Straggler episodes found afterwards in each rank's busy time.
+
+    A logged record is ONE step's time, and records are train.log_every steps apart, so noise
+    is not averaged out: an episode here needs monitor.straggler_steps consecutive *logged*
+    records above the factor (a stricter rule than the live one, which sees every step).
     """
     factor = float(run.cfg("monitor", "straggler_factor", 2.0))
-    steps = int(run.cfg("monitor", "straggler_steps", 20))
-    every = int(run.cfg("train", "log_every", 1))
+    checks = int(run.cfg("monitor", "straggler_steps", 20))
     found = []
     for city in run.cities():
-        det = StragglerDetector.per_check(factor, steps, every)
-        by_step: dict[int, dict[int, float]] = defaultdict(dict)
-        for r in run.of_city("train", city):
-            by_step[r["step"]][r["local_rank"]] = r.get("t_data", 0.0) + r.get("t_compute", 0.0)
+        det = StragglerDetector(factor, checks)
+        by_step = _busy_by_step(run, city)
         for step in sorted(by_step):
-            for event in det.update(step, by_step[step]):
-                found.append({**event, "city": city})
+            found.extend({**event, "city": city} for event in det.update(step, by_step[step]))
     return found
+
+
+def busy_ratio_rows(run: Run) -> list[list[Any]]:
+    """Per rank: median busy-time ratio to its city peers and the share of checks above the factor."""
+    factor = float(run.cfg("monitor", "straggler_factor", 2.0))
+    rows = []
+    for city in run.cities():
+        ratios: dict[int, list[float]] = defaultdict(list)
+        for times in _busy_by_step(run, city).values():
+            for rank, (ratio, _) in peer_ratios(times).items():
+                ratios[rank].append(ratio)
+        for rank, rs in sorted(ratios.items()):
+            above = 100 * sum(r > factor for r in rs) / len(rs)
+            rows.append([run.label(city), rank, len(rs), statistics.median(rs), max(rs), above])
+    return rows
 
 
 # ---------------------------------------------------------------- plots
@@ -365,31 +386,18 @@ def _section_validation(run: Run) -> str:
             continue
         p = e.get("persistence_rmse", math.nan)
         skill = 100 * (1 - e["rmse"] / p) if p else math.nan
-        rows.append(
-            [
-                run.label(city),
-                e["step"],
-                e["rmse"],
-                p,
-                skill,
-                e.get("mae"),
-                e.get("persistence_mae"),
-                e.get("n_windows"),
-            ]
-        )
+        rest = (e.get(k) for k in ("mae", "persistence_mae", "n_windows"))
+        rows.append([run.label(city), e["step"], e["rmse"], p, skill, *rest])
     if not rows:
         return "## Validation\nNo validation records yet."
-    head = [
-        "city",
-        "step",
-        "RMSE (µg/m³)",
-        "persistence RMSE",
-        "skill vs persistence (%)",
-        "MAE",
-        "persistence MAE",
-        "windows",
-    ]
-    return "## Validation (latest per city)\n" + _table(head, rows)
+    head = ["city", "step", "RMSE (µg/m³)", "persistence RMSE", "skill vs persistence (%)"]
+    text = "## Validation (latest per city)\n" + _table([*head, "MAE", "persistence MAE", "windows"], rows)
+    overall = (run.summary or {}).get("overall")
+    if isinstance(overall, dict) and overall:
+        text += "\n\nFinal, pooled over cities (summary.json): " + ", ".join(
+            f"{k} {_fmt(v)}" for k, v in overall.items()
+        )
+    return text
 
 
 def _section_time(run: Run) -> str:
@@ -487,14 +495,24 @@ def _section_devices(run: Run) -> str:
 
 
 def _section_events(run: Run) -> str:
+    factor = float(run.cfg("monitor", "straggler_factor", 2.0))
     lines = ["## Stragglers and events"]
+    rows = busy_ratio_rows(run)
+    if rows:
+        lines.append(
+            "Busy time (data + compute, before the all-reduce) of each rank relative to the median of "
+            "the other ranks of its city, per logged step; a persistent straggler has a median well above 1."
+        )
+        head = ["city", "local rank", "checks", "median ratio", "max ratio", f"checks > {factor:g}x (%)"]
+        lines.append("\n" + _table(head, rows) + "\n")
     found = straggler_findings(run)
     if found:
-        lines.append("Found in the metrics (busy time = data + compute vs the other ranks of the city):")
+        lines.append("Straggler episodes found in the metrics:")
         lines += [f"- {run.label(e['city'])}: {e['message']}" for e in found]
     else:
+        checks = run.cfg("monitor", "straggler_steps", 20)
         lines.append(
-            "No straggler in the metrics (busy time within the configured factor of the city's other ranks)."
+            f"No straggler episode: no rank stayed above {factor:g}x its peers for {checks} logged steps."
         )
     if run.events:
         lines.append("\nEvents recorded during the run (last 20):")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep.cli import main
-from data_prep.errors import ConflictError
+from data_prep.errors import ConflictError, DatasetError
 from data_prep.manifest import global_stats, load_manifest
 from data_prep.prepare import append, prepare
 from data_prep.shards import read_shard
@@ -71,6 +71,7 @@ def test_conflicting_append_errors_by_default_and_replaces_on_request(data, tmp_
     ):
         append(data, [path], progress=False)
     assert rows_and_versions(data) == {"north": (2000, 1), "centre": (1000, 1)}
+    assert not list(data.glob("*/*.v2.h5")) and not (data / ".staging").exists()  # nothing left behind
     full_check(data / "centre")
     assert main(["append", "--data", str(data), "--on-conflict", "replace", "--quiet", str(path)]) == 0
     assert rows_and_versions(data) == {"north": (2000, 1), "centre": (1000, 2)}
@@ -132,9 +133,14 @@ def test_sigkill_mid_append_leaves_previous_version_verifiable(data, tmp_path, c
     expected = {"north": (2000, 1), "centre": (1000, 1)}
     if commits_before_kill:  # north committed v2 before the kill, centre still at v1
         expected["north"] = (3000, 2)
+        with pytest.raises(
+            DatasetError, match="built from north version 1, but the manifest is at version 2"
+        ):
+            CityWindows(data / "north", stats="global")
     assert rows_and_versions(data) == expected
     # the next append cleans the leftovers and completes
     append(data, new, progress=False)
     assert rows_and_versions(data) == {"north": (3000, 2), "centre": (1500, 2)}
     verify_dataset(data, full=True)
     assert not (data / ".staging").exists()
+    assert len(CityWindows(data / "north", "train", past=24, horizon=12, stats="global")) > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import h5py
@@ -14,6 +15,7 @@ from data_prep.datasets import beijing_files
 from data_prep.errors import DatasetError
 from data_prep.manifest import GLOBAL_STATS, load_manifest
 from data_prep.prepare import prepare
+from data_prep.progress import Progress
 from data_prep.verify import full_check, quick_check
 from tests.test_data_helpers import PRESET_SCHEMA, small_cities, small_inputs, station_lines
 
@@ -90,7 +92,8 @@ def test_verify_detects_a_flipped_byte_and_names_the_shard(small, capsys):
     with pytest.raises(DatasetError, match="Dingling_2013.v1.h5: sha256"):
         full_check(root / "north")
     capsys.readouterr()
-    assert main(["verify", str(root), "--full"]) == 1
+    assert main(["verify", str(root), "--quick"]) == 0
+    assert main(["verify", str(root)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Dingling_2013.v1.h5" in err[0] and err[0].startswith("verify: FAILED")
 
@@ -118,6 +121,15 @@ def test_prep_refuses_an_existing_dataset_with_exit_2(small, tmp_path, capsys):
     assert main(["verify", str(tmp_path / "nothing")]) == 1
     assert main(["--help"]) == 0
     assert "crosscity prep --preset beijing --out" in capsys.readouterr().out
+
+
+def test_progress_lines_show_rows_rate_and_eta(capsys):
+    meter = Progress("prep", total=400, every=0.0)
+    meter.update(100, 5000)
+    line = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"prep: 5000 rows, 25% of input, [\d,]+ rows/s, ETA \d+ s", line), line
+    Progress("prep", total=400, enabled=False, every=0.0).update(100, 5000)
+    assert capsys.readouterr().err == ""
 
 
 def test_full_beijing_preset_prep_and_verify(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from launch.run_report import main, write_report
@@ -37,7 +38,7 @@ def write_run(run_dir: Path, finished: bool) -> None:
             f"topology.ranks_per_city={RANKS}",
             f"train.steps={STEPS}",
             f"train.log_every={LOG_EVERY}",
-            "monitor.straggler_steps=15",
+            "monitor.straggler_steps=5",
             "wan.algorithm=diloco",
             "wan.sync_every=10",
         ]
@@ -191,13 +192,16 @@ def test_report_of_a_finished_run(tmp_path, capsys):
     assert "| city 1 (Changping) | 60 | 7,680 |" in md  # last step, samples of the city's two ranks
     # latest eval of city 1: rmse 60 - 60/3 + 1 = 41, persistence 62: skill 33.87 %
     assert "| city 1 (Changping) | 60 | 41.00 | 62.00 | 33.87 |" in md
+    assert "pooled over cities (summary.json): val_rmse 40.50" in md
     # city 0 mean per step: data 4 ms, compute 30 ms
     assert "| city 0 (Aotizhongxin) | 4.00 | 30.00 |" in md
     assert "bytes sent 2.40 MB" in md and "rounds: 6" in md
     straggler = (
-        "rank 1 slower than 2x its peers' median in 3 consecutive checks (median ratio 2.76x, steps 20..30)"
+        "rank 1 slower than 2x its peers' median in 5 consecutive checks (median ratio 2.76x, steps 20..40)"
     )
     assert f"city 1 (Changping): {straggler}" in md
+    assert "| city 1 (Changping) | 1 | 12 | 2.76 | 2.76 | 75.00 |" in md  # 9 of 12 logged steps slow
+    assert "| city 0 (Aotizhongxin) | 1 | 12 | 1.00 | 1.00 | 0.00 |" in md
     assert "city 0 (Aotizhongxin): rank" not in md  # no straggler where there is none
     assert "resume: resumed at step 30" in md
     assert "sw_power_cap" in md and "gpu_idle" not in md.split("## Devices")[1].split("\n\n")[1]
@@ -240,3 +244,32 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("wan: [unclosed")
     assert main([str(tmp_path)]) == 2
     assert "config.yaml: cannot parse" in capsys.readouterr().err
+
+
+def test_monitor_records_written_by_metrics_log_reach_the_report(tmp_path):
+    """The real chain: GpuMonitor -> MetricsLog JSONL -> report (host samples on a GPU-less machine)."""
+    from train.gpu_monitor import GpuMonitor
+    from train.metrics_log import MetricsLog
+    from train.topology import Topology
+
+    log = MetricsLog(tmp_path / "metrics" / "rank1.jsonl", Topology(0, 1, 1, 2))
+    with GpuMonitor(lambda r: log.write(**r), 0.02, devices=[]):
+        for step in range(1, 6):
+            log.step = step
+            log.write(
+                "train",
+                loss=1.0 / step,
+                samples=8 * step,
+                t_data=0.001,
+                t_compute=0.01,
+                t_lan=0.002,
+                t_wan=0.0,
+                t_step=0.013,
+                samples_per_s=615.0,
+            )
+            time.sleep(0.03)
+    log.close()
+    _, pngs = write_report(tmp_path)
+    assert {p.stem for p in pngs} == {"loss", "step_time", "host_cpu", "host_rss"}
+    md = (tmp_path / "report.md").read_text()
+    assert "| city 0 | 5 | 40 | 0.20 |" in md and "| 1 |" in md.split("host samples")[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.straggler import StragglerDetector
+from train.straggler import StragglerDetector, peer_ratios
 
 
 def feed(det: StragglerDetector, rows: list[dict[int, float]], start: int = 1) -> list[dict]:
@@ -47,6 +47,17 @@ def test_two_rank_city_and_several_stragglers():
     times = {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.7, 4: 1.8}
     assert [e["rank"] for e in det.update(1, times)] == [3, 4]
     assert det.update(2, {0: 5.0}) == []  # a lone rank has no peers
+
+
+def test_peer_ratios_leave_the_rank_out():
+    assert peer_ratios({0: 1.0, 1: 3.0}) == {0: (1 / 3, 3.0), 1: (3.0, 1.0)}
+    assert peer_ratios({0: 2.0, 1: 1.0, 2: 1.0, 3: 4.0}) == {
+        0: (2.0, 1.0),
+        1: (0.5, 2.0),
+        2: (0.5, 2.0),
+        3: (4.0, 1.0),
+    }
+    assert peer_ratios({0: 1.0}) == {} and peer_ratios({0: 1.0, 1: 0.0}) == {1: (0.0, 1.0)}
 
 
 def test_per_check_converts_steps_to_checks():

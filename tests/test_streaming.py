@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from tests.test_wan_collectives import run_ranks
+from tests.distributed import run_on_cities
 from train.config import ConfigError, WanConfig
 from train.lan_allreduce import allreduce_gradients
 from train.process_groups import Groups
@@ -100,6 +100,10 @@ def train(
     return parameters_to_vector(model.parameters()).detach(), rounds, call_s
 
 
+def by_rank(results: dict[int, Any]) -> list[Any]:
+    return [results[rank] for rank in sorted(results)]
+
+
 def streaming(**overrides: Any) -> WanConfig:
     return WanConfig(**{"algorithm": "streaming", "outer_lr": 0.7, "outer_momentum": 0.9, **overrides})
 
@@ -121,12 +125,12 @@ def _one_rank_per_city(topo: Topology, groups: Groups) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def two_ranks() -> list[dict[str, Any]]:
     """2 cities x 2 ranks, one set of processes for every test that needs them (spawns are slow)."""
-    return run_ranks(_two_ranks_per_city, 2, 2)
+    return by_rank(run_on_cities(_two_ranks_per_city, 2, 2))
 
 
 @pytest.fixture(scope="module")
 def one_rank() -> list[dict[str, Any]]:
-    return run_ranks(_one_rank_per_city, 2, 1)
+    return by_rank(run_on_cities(_one_rank_per_city, 2, 1))
 
 
 def test_one_fragment_without_overlap_is_diloco(two_ranks: list[dict[str, Any]]) -> None:

@@ -13,8 +13,8 @@ import torch
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 from torch.nn.utils import parameters_to_vector
 
-from tests.test_streaming import fresh, run_steps, train
-from tests.test_wan_collectives import run_ranks
+from tests.distributed import run_on_cities
+from tests.test_streaming import by_rank, fresh, run_steps, train
 from train.config import WanConfig
 from train.process_groups import Groups
 from train.topology import Topology
@@ -64,7 +64,7 @@ def _all_averagers(topo: Topology, groups: Groups) -> dict[str, Any]:
 
 
 def test_average_equals_pytorch_averagers_on_the_same_schedule() -> None:
-    results = run_ranks(_all_averagers, 2, 2)
+    results = by_rank(run_on_cities(_all_averagers, 2, 2))
     for rank, r in enumerate(results):
         ours, rounds, _ = r["ours"]
         hierarchical, torch_rounds, _ = r["hierarchical"]

@@ -3,110 +3,34 @@ on every rank, with byte counts that match both the formula and what the kernel 
 
 from __future__ import annotations
 
-import socket
-import tempfile
-from collections.abc import Callable
-from datetime import timedelta
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.distributed import run_on_cities
 from train.codecs import CODECS, ErrorFeedback, make_codec
-from train.process_groups import Groups, destroy_groups, init_groups
+from train.process_groups import Groups
 from train.topology import Topology
-from train.wan_collectives import average_across_cities, check_participants, stripe_bounds
+from train.wan_collectives import WanBytes, average_across_cities, check_participants, stripe_bounds
 
 NUMEL = 1001  # odd: stripes of 501 and 500 values
+THREE_CITY_NUMEL = 30_000
 WEIGHTS = [3.0, 1.0, 2.0]  # unequal samples per city
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn: Callable, cities: int, per_city: int, port: int, out: str, args: tuple) -> None:
-    torch.set_num_threads(1)
-    topo = Topology(rank // per_city, cities, rank % per_city, per_city)
-    store = dist.TCPStore("127.0.0.1", port, topo.world_size, rank == 0, timeout=timedelta(seconds=60))
-    groups = init_groups(topo, store, "gloo", timeout_s=60)
-    try:
-        result = fn(topo, groups, *args)
-    finally:
-        destroy_groups()
-    torch.save(result, Path(out) / f"{rank}.pt")
-
-
-def run_ranks(fn: Callable, cities: int, per_city: int, *args: Any) -> list[Any]:
-    """Run fn(topo, groups, *args) in cities x per_city gloo processes; results by global rank."""
-    with tempfile.TemporaryDirectory() as out:
-        world = cities * per_city
-        mp.spawn(_entry, args=(fn, cities, per_city, free_port(), out, args), nprocs=world, join=True)
-        return [torch.load(Path(out) / f"{r}.pt", weights_only=False) for r in range(world)]
-
-
-def city_vector(city: int) -> torch.Tensor:
+def city_vector(city: int, numel: int = NUMEL) -> torch.Tensor:
     """What city `city` holds: distinct per city, the same on all its ranks, with a spike."""
-    x = torch.randn(NUMEL, generator=torch.Generator().manual_seed(100 + city))
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(100 + city))
     x[17 * (city + 1)] = 50.0
     return x
 
 
-def _exchange_all_codecs(topo: Topology, groups: Groups) -> dict[str, Any]:
-    results = {}
-    for name in CODECS:
-        mean, moved = average_across_cities(
-            city_vector(topo.city),
-            WEIGHTS[topo.city],
-            groups,
-            topo,
-            make_codec(name),
-            ErrorFeedback(),
-            key=name,
-        )
-        results[name] = (mean, moved.sent, moved.recv)
-    feedback = ErrorFeedback()  # city 0 sits out: everyone gets city 1's vector, its residual stays empty
-    results["subset"] = average_across_cities(
-        city_vector(topo.city), WEIGHTS[topo.city], groups, topo, "int8", feedback, "s", participants=[1]
-    )[0]
-    results["subset_residuals"] = sorted(feedback.residuals)
-    return results
-
-
-def _expected_mean(cities: list[int]) -> torch.Tensor:
+def exact_mean(cities: list[int], numel: int = NUMEL) -> torch.Tensor:
     total = sum(WEIGHTS[c] for c in cities)
-    return sum(WEIGHTS[c] * city_vector(c).double() for c in cities) / total
-
-
-def test_two_cities_two_ranks_every_codec() -> None:
-    results = run_ranks(_exchange_all_codecs, 2, 2)
-    exact = _expected_mean([0, 1])
-    for name in CODECS:
-        means = [r[name][0] for r in results]
-        assert all(torch.equal(means[0], m) for m in means[1:]), f"{name}: ranks disagree"
-        codec = make_codec(name)
-        # a weighted mean of values each within its bound is within the largest bound
-        bound = max(codec.error_bound(city_vector(c)) for c in (0, 1)) + 1e-6
-        assert float((means[0].double() - exact).abs().max()) <= bound, name
-        for rank, r in enumerate(results):
-            start, end = stripe_bounds(NUMEL, 2, rank % 2)
-            stripe = end - start
-            # one peer city: a ring all-reduce of (stripe + weight) floats sends each float once;
-            # an all-gather sends this city's payload and 4 weight bytes once
-            expected = (stripe + 1) * 4 if name == "none" else codec.payload_bytes(stripe) + 4
-            assert r[name][1] == r[name][2] == expected, (name, rank, r[name][1:], expected)
-    assert results[0]["int8"][1] == 501 + 4 + 4  # int8 stripe 0: 1 byte/value + 1 chunk scale + weight
-    assert results[1]["int4"][1] == 250 + 4 + 4  # int4 stripe 1: 500 values in 250 bytes
-    for rank, r in enumerate(results):
-        assert torch.allclose(
-            r["subset"], city_vector(1), atol=make_codec("int8").error_bound(city_vector(1))
-        )
-        assert r["subset_residuals"] == ([] if rank < 2 else ["s"])
+    return sum(WEIGHTS[c] * city_vector(c, numel).double() for c in cities) / total
 
 
 def _wchar() -> int:
@@ -116,27 +40,88 @@ def _wchar() -> int:
     raise RuntimeError("/proc/self/io has no wchar line")
 
 
-def _measured_bytes(topo: Topology, groups: Groups) -> dict[str, tuple[int, int]]:
-    x = torch.randn(30_000, generator=torch.Generator().manual_seed(topo.city))
+def _outcome(mean: torch.Tensor, cities: list[int], moved: WanBytes, written: int = 0) -> dict[str, Any]:
+    """What a rank reports back: small (the harness pipes results), enough to compare ranks."""
+    return {
+        "digest": hashlib.sha256(mean.numpy().tobytes()).hexdigest(),
+        "error": float((mean.double() - exact_mean(cities, mean.numel())).abs().max()),
+        "sent": moved.sent,
+        "recv": moved.recv,
+        "written": written,
+    }
+
+
+def _exchange_every_codec(topo: Topology, groups: Groups, numel: int) -> dict[str, Any]:
+    x = city_vector(topo.city, numel)
     average_across_cities(x, 1.0, groups, topo)  # warm up connections outside the measurement
-    measured = {}
-    for name in ("none", "int8", "int4"):
+    results = {}
+    everyone = list(range(topo.num_cities))
+    for name in CODECS:
         before = _wchar()
-        _, moved = average_across_cities(x, WEIGHTS[topo.city], groups, topo, name)
-        measured[name] = (moved.sent, _wchar() - before)
-    return measured
+        mean, moved = average_across_cities(x, WEIGHTS[topo.city], groups, topo, name, ErrorFeedback(), name)
+        results[name] = _outcome(mean, everyone, moved, _wchar() - before)
+    feedback = ErrorFeedback()  # city 0 sits out: everyone gets the others' mean, its residual stays empty
+    mean, moved = average_across_cities(
+        x, WEIGHTS[topo.city], groups, topo, "int8", feedback, "s", everyone[1:]
+    )
+    results["subset"] = {**_outcome(mean, everyone[1:], moved), "residuals": sorted(feedback.residuals)}
+    return results
+
+
+def _check_agreement_and_subset(results: dict[int, dict[str, Any]], cities: int, hops: int) -> None:
+    for name in [*CODECS, "subset"]:
+        assert len({r[name]["digest"] for r in results.values()}) == 1, f"{name}: ranks disagree"
+    numel = NUMEL if cities == 2 else THREE_CITY_NUMEL
+    others = torch.stack([city_vector(c, numel) for c in range(1, cities)])
+    for rank, r in results.items():
+        assert r["subset"]["error"] <= hops * make_codec("int8").error_bound(others.abs().amax(0)) + 1e-6
+        in_city_0 = rank < len(results) // cities
+        if hops == 1:
+            assert r["subset"]["residuals"] == ([] if in_city_0 else ["s"])
+        else:  # a chunk owner keeps the residual of re-encoding its mean, participant or not
+            mine = [] if in_city_0 else ["s/chunk0", "s/chunk1", "s/chunk2"]
+            assert r["subset"]["residuals"] == [*mine, "s/owned"]
+
+
+def test_two_cities_two_ranks_every_codec() -> None:
+    results = run_on_cities(_exchange_every_codec, 2, 2, NUMEL)
+    for name in CODECS:
+        codec = make_codec(name)
+        # a weighted mean of values each within its bound is within the largest bound
+        bound = max(codec.error_bound(city_vector(c)) for c in (0, 1)) + 1e-6
+        for rank, r in results.items():
+            assert r[name]["error"] <= bound, (name, rank)
+            start, end = stripe_bounds(NUMEL, 2, rank % 2)
+            stripe = end - start
+            # one peer city: a ring all-reduce of (stripe + weight) floats sends each float once;
+            # an all-gather sends this city's payload and 4 weight bytes once
+            expected = (stripe + 1) * 4 if name == "none" else codec.payload_bytes(stripe) + 4
+            assert r[name]["sent"] == r[name]["recv"] == expected, (name, rank, r[name], expected)
+    assert results[0]["int8"]["sent"] == 501 + 4 + 4  # int8 stripe 0: 1 byte/value + 1 chunk scale + weight
+    assert results[1]["int4"]["sent"] == 250 + 4 + 4  # int4 stripe 1: 500 values in 250 bytes
+    assert results[0]["none"]["error"] < 1e-5
+    _check_agreement_and_subset(results, 2, hops=1)
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/<pid>/io")
-def test_byte_counts_match_what_the_kernel_saw_written() -> None:
+def test_three_cities_two_hop_codecs_and_bytes_the_kernel_saw_written() -> None:
     """One rank per city, so every byte a rank writes to a socket crosses the (emulated) WAN; gloo's
     tcp transport writes with writev, which /proc/self/io counts as wchar."""
-    for rank, r in enumerate(run_ranks(_measured_bytes, 3, 1)):
-        for name, (counted, written) in r.items():
+    results = run_on_cities(_exchange_every_codec, 3, 1, THREE_CITY_NUMEL)
+    largest = torch.stack([city_vector(c, THREE_CITY_NUMEL) for c in range(3)]).abs().amax(0)
+    for rank, r in results.items():
+        for name in CODECS:
+            codec, got = make_codec(name), r[name]
+            # two encodes (the chunk, then its mean), each within the bound for the largest values
+            assert got["error"] <= 2 * codec.error_bound(largest) + 1e-5, (rank, name)
+            chunk = THREE_CITY_NUMEL // 3
+            two_hop = 2 * 2 * (codec.payload_bytes(chunk) + 4)
+            expected = 2 * 2 * 4 * (THREE_CITY_NUMEL + 1) // 3 if name == "none" else two_hop
+            assert got["sent"] == got["recv"] == expected, (rank, name, got, expected)
             # gloo adds a small header per message; nothing else may be unaccounted for
-            assert 0 <= written - counted <= 4096, (rank, name, counted, written)
-        # 3 cities: the all-gather sends (C-1) payloads, the ring 2(C-1)/C vectors, so int8 saves 4 * 2/3
-        assert r["int8"][0] < r["none"][0] / 2.6 and r["int4"][0] < r["none"][0] / 5.2
+            assert 0 <= got["written"] - got["sent"] <= 4096, (rank, name, got)
+        assert r["int8"]["sent"] < r["none"]["sent"] / 3.9 and r["int4"]["sent"] < r["none"]["sent"] / 7.8
+    _check_agreement_and_subset(results, 3, hops=2)
 
 
 def test_participants_are_validated() -> None:

@@ -35,37 +35,44 @@ class StragglerDetector:
         return cls(factor, max(1, math.ceil(steps / max(1, check_every))))
 
     def update(self, step: int, times: dict[int, float]) -> list[dict[str, Any]]:
-        """Times (seconds) of this step by rank; returns `kind="event"` dicts for new episodes."""
+        """Times (seconds) of this check by rank; returns `kind="event"` dicts for new episodes."""
         events = []
-        for rank, t in sorted(times.items()):
-            peers = [v for r, v in times.items() if r != rank]
-            reference = statistics.median(peers) if peers else t
-            if reference > 0 and t > self.factor * reference:
-                self._run[rank] = self._run.get(rank, 0) + 1
-                self._ratios.setdefault(rank, []).append(t / reference)
-                self._first.setdefault(rank, step)
-            else:
+        for rank, (ratio, reference) in sorted(peer_ratios(times).items()):
+            if ratio <= self.factor:
                 for state in (self._run, self._ratios, self._first):
                     state.pop(rank, None)
                 continue
+            self._run[rank] = self._run.get(rank, 0) + 1
+            self._ratios.setdefault(rank, []).append(ratio)
+            self._first.setdefault(rank, step)
             if self._run[rank] == self.consecutive:
                 self.episodes += 1
-                ratio = statistics.median(self._ratios[rank])
+                median_ratio = statistics.median(self._ratios[rank])
                 events.append(
                     {
                         "kind": "event",
                         "event": "straggler",
                         "message": (
                             f"rank {rank} slower than {self.factor:g}x its peers' median in "
-                            f"{self.consecutive} consecutive checks (median ratio {ratio:.2f}x, steps "
+                            f"{self.consecutive} consecutive checks (median ratio {median_ratio:.2f}x, steps "
                             f"{self._first[rank]}..{step})"
                         ),
                         "rank": rank,
                         "step": step,
                         "first_step": self._first[rank],
-                        "ratio": round(ratio, 3),
+                        "ratio": round(median_ratio, 3),
                         "peer_median_s": round(reference, 6),
-                        "time_s": round(t, 6),
+                        "time_s": round(times[rank], 6),
                     }
                 )
         return events
+
+
+def peer_ratios(times: dict[int, float]) -> dict[int, tuple[float, float]]:
+    """rank -> (time / median of the other ranks' times, that median); ranks without peers are left out."""
+    out = {}
+    for rank, t in times.items():
+        peers = [v for r, v in times.items() if r != rank]
+        if peers and (reference := statistics.median(peers)) > 0:
+            out[rank] = (t / reference, reference)
+    return out

@@ -31,6 +31,8 @@ from train.models import build_model
 from train.process_groups import destroy_groups, init_groups, pick_backend, pick_device
 from train.rendezvous import advance_generation, connect_store, generation, generation_store
 from train.run_summary import write_summary
+from train.straggler import StragglerDetector
+from train.telemetry import start_telemetry
 from train.topology import Topology
 from train.wan_averager import InterCitySync, WanRound, build_sync
 
@@ -67,6 +69,25 @@ class StopFlag:
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.raised = True
+
+
+class StepInterval:
+    """Sums of the per-step timings between two log lines."""
+
+    KEYS = ("t_data", "t_compute", "t_lan", "t_wan", "t_step")
+
+    def __init__(self) -> None:
+        self.steps, self.samples = 0, 0
+        self.totals = dict.fromkeys(self.KEYS, 0.0)
+
+    def add(self, m: dict[str, float]) -> None:
+        self.steps += 1
+        self.samples += int(m["samples"])
+        for k in self.KEYS:
+            self.totals[k] += m[k]
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.totals.items()}
 
 
 @dataclass
@@ -115,6 +136,12 @@ class Trainer:
         self.state = RankState()
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.interval = StepInterval()
+        mon = cfg.monitor
+        self.stragglers = StragglerDetector.per_check(
+            mon.straggler_factor, mon.straggler_steps, cfg.train.log_every
+        )
+        self.telemetry = start_telemetry(cfg, run_dir, topo, self.device, self.log)
         self._resume()
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -193,6 +220,7 @@ class Trainer:
             "t_wan": (t3 - t2 if self.flat else 0.0) + (t5 - t4),
             "t_step": t5 - t0,
             "round": wan_round is not None,
+            "samples": len(x),
         }
 
     def _log_round(self, r: WanRound) -> None:
@@ -253,14 +281,9 @@ class Trainer:
                     participants=list(range(self.topo.num_cities)),
                     fragment=None,
                 )
+            self.interval.add(m)
             if self.state.step % cfg.train.log_every == 0 or self.state.step == cfg.train.steps:
-                self.log.write(
-                    "train",
-                    loss=m["loss"],
-                    samples=self.state.samples,
-                    samples_per_s=len_batch(cfg) / max(m["t_step"], 1e-9),
-                    **{k: m[k] for k in ("t_data", "t_compute", "t_lan", "t_wan", "t_step")},
-                )
+                self._log_interval(m["loss"])
                 if self.topo.global_rank == 0 and time.perf_counter() - last_log > 5:
                     last_log = time.perf_counter()
                     progress(self.state.step, cfg.train.steps, time.perf_counter() - t_start, m["loss"])
@@ -277,6 +300,34 @@ class Trainer:
                 self.evaluate_city()
         return self._finish(time.perf_counter() - t_start)
 
+    def close(self) -> None:
+        self.telemetry.stop()
+        self.log.close()
+
+    def _log_interval(self, loss: float) -> None:
+        """Mean step-time breakdown since the last log line, and the city's straggler check."""
+        means = self.interval.means()
+        self.log.write(
+            "train",
+            loss=loss,
+            samples=self.state.samples,
+            samples_per_s=self.interval.samples / max(self.interval.totals["t_step"], 1e-9),
+            steps=self.interval.steps,
+            **means,
+        )
+        if self.topo.ranks_per_city > 1:
+            # Busy time (data + compute) tells who is slow: the all-reduce makes step times equal.
+            busy = torch.tensor([means["t_data"] + means["t_compute"]], device=self.device)
+            times = [torch.zeros_like(busy) for _ in range(self.topo.ranks_per_city)]
+            dist.all_gather(times, busy, group=self.groups.city)
+            if self.topo.local_rank == 0:
+                ranks = {self.topo.rank_of(self.topo.city, k): float(t) for k, t in enumerate(times)}
+                for event in self.stragglers.update(self.state.step, ranks):
+                    event.pop("kind")
+                    print(f"[warning] city {self.topo.city}: {event['message']}", file=sys.stderr, flush=True)
+                    self.log.write("event", **event)
+        self.interval = StepInterval()
+
     def _stop_for_requeue(self, leaving: bool) -> int:
         self.save()
         self.log.write(
@@ -285,7 +336,7 @@ class Trainer:
         if self.topo.global_rank == 0:
             advance_generation(self.store)
         dist.barrier(group=self.groups.world)
-        self.log.close()
+        self.close()
         destroy_groups()
         return EXIT_REQUEUE if leaving else RESTART
 
@@ -304,13 +355,9 @@ class Trainer:
         if self.topo.global_rank == 0:
             write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s)
         dist.barrier(group=self.groups.world)
-        self.log.close()
+        self.close()
         destroy_groups()
         return 0
-
-
-def len_batch(cfg: Config) -> int:
-    return cfg.data.batch_size
 
 
 def progress(step: int, total: int, elapsed: float, loss: float) -> None:

@@ -3,15 +3,20 @@
 Each of a city's R ranks owns 1/R of the flat vector; rank k of every city exchanges stripe k
 (R parallel inter-city streams), then the city all-gathers the stripes over the LAN.
 
-Two wire algorithms, both leaving the bit-identical result on every member:
+Three wire algorithms, each leaving the bit-identical result on every member:
 - codec none: one ring all-reduce of [w * x, w] (sum), divided by the summed weight.
-- a lossy codec: a ring all-gather of every city's encoded payload and its float32 weight; each
-  member decodes all of them in city order and averages locally. (Quantised values cannot be
-  summed on the wire without decoding at every hop, which would compound the error.)
+- a lossy codec, C <= 2 cities: a ring all-gather of every city's encoded payload and its float32
+  weight; each member decodes all of them in city order and averages locally. (Quantised values
+  cannot be summed on the wire without decoding at every hop, which would compound the error.)
+- a lossy codec, C >= 3: "two hop": an all-to-all of encoded chunks (member j gets everyone's
+  chunk j and averages it), then an all-gather of the re-encoded chunk means. Twice the codec's
+  error bound, but each member moves 2(C-1)/C payloads instead of C-1.
 
-Bytes this rank moves over the WAN per call (n = stripe values, C = cities in the stripe group):
-- none:  sent = recv = 2 (C-1) * 4 (n+1) / C   (ring reduce-scatter + all-gather, integer floor)
-- codec: sent = recv = (C-1) * (codec.payload_bytes(n) + 4)   (ring all-gather)
+Bytes this rank moves over the WAN per call (n = stripe values, C = cities in the stripe group,
+P(m) = codec.payload_bytes(m), all sent = recv):
+- none:         2 (C-1) * 4 (n+1) / C, integer floor    (ring reduce-scatter + all-gather)
+- codec, C = 2: (C-1) * (P(n) + 4)                       (ring all-gather)
+- codec, C > 2: 2 (C-1) * (P(ceil(n / C)) + 4)           (all-to-all + ring all-gather)
 These are payload bytes; gloo adds ~150 B of header per message and TCP/IP its own.
 """
 
@@ -73,6 +78,85 @@ def _unpack(codec: Codec, raw: torch.Tensor, numel: int) -> tuple[list[torch.Ten
     return payload, float(raw[offset : offset + 4].clone().view(torch.float32))
 
 
+def _mean_of(codec: Codec, rows: list[torch.Tensor], numel: int, key: str) -> tuple[torch.Tensor, float]:
+    """Weighted mean of the packed payloads in `rows` (members in group order) and their total weight."""
+    summed, total = torch.zeros(numel, dtype=torch.float64), 0.0
+    for raw in rows:
+        payload, weight = _unpack(codec, raw, numel)
+        if weight > 0:
+            summed += weight * codec.decode(payload, numel).to(torch.float64)
+            total += weight
+    if total <= 0:
+        raise ValueError(f"exchange {key!r}: total weight across participants is {total}; nobody contributed")
+    return (summed / total).to(torch.float32), total
+
+
+def _encode(codec: Codec, x: torch.Tensor, feedback: ErrorFeedback | None, key: str) -> list[torch.Tensor]:
+    return feedback.encode(codec, x, key) if feedback is not None else codec.encode(x)
+
+
+def _all_gather_rows(mine: torch.Tensor, group: dist.ProcessGroup, members: int) -> list[torch.Tensor]:
+    rows = [torch.empty_like(mine) for _ in range(members)]
+    dist.all_gather(rows, mine, group=group)
+    return rows
+
+
+def _ring_mean(
+    x: torch.Tensor, weight: float, group: dist.ProcessGroup, members: int, key: str
+) -> tuple[torch.Tensor, int]:
+    packed = torch.cat([x * weight, torch.tensor([weight], dtype=torch.float32)])
+    dist.all_reduce(packed, group=group)
+    if packed[-1] <= 0:
+        raise ValueError(
+            f"exchange {key!r}: total weight across participants is {float(packed[-1])}; nobody contributed"
+        )
+    return packed[:-1] / packed[-1], ring_allreduce_bytes(packed.numel() * 4, members)
+
+
+def _gathered_mean(
+    x: torch.Tensor,
+    weight: float,
+    group: dist.ProcessGroup,
+    members: int,
+    codec: Codec,
+    feedback: ErrorFeedback | None,
+    key: str,
+) -> tuple[torch.Tensor, int]:
+    mine = _pack(_encode(codec, x, feedback, key), weight)
+    mean, _ = _mean_of(codec, _all_gather_rows(mine, group, members), x.numel(), key)
+    return mean, ring_allgather_bytes(mine.numel(), members)
+
+
+def _two_hop_mean(
+    x: torch.Tensor,
+    weight: float,
+    group: dist.ProcessGroup,
+    members: int,
+    codec: Codec,
+    feedback: ErrorFeedback | None,
+    owner_feedback: ErrorFeedback | None,
+    key: str,
+) -> tuple[torch.Tensor, int]:
+    """Compressed reduce-scatter (all-to-all of encoded chunks; member j averages chunk j), then a
+    compressed all-gather of the averaged chunks: 2(C-1)/C of a payload instead of C-1 payloads,
+    at the price of a second encode (its residual is kept by the chunk's owner)."""
+    bounds = [stripe_bounds(x.numel(), members, j) for j in range(members)]
+    width = bounds[0][1] - bounds[0][0]
+    send = []
+    for j, (a, b) in enumerate(bounds):
+        chunk = torch.zeros(width)
+        chunk[: b - a] = x[a:b]  # zero padding changes no chunk's scale
+        send.append(_pack(_encode(codec, chunk, feedback, f"{key}/chunk{j}"), weight))
+    sent = torch.cat(send)
+    received = torch.empty_like(sent)
+    dist.all_to_all_single(received, sent, group=group)
+    mine, total = _mean_of(codec, list(received.view(members, -1)), width, key)
+    row = _pack(_encode(codec, mine, owner_feedback, f"{key}/owned"), total)
+    means = [_mean_of(codec, [r], width, key)[0] for r in _all_gather_rows(row, group, members)]
+    out = torch.cat([m[: b - a] for m, (a, b) in zip(means, bounds, strict=True)])
+    return out, 2 * (members - 1) * row.numel()
+
+
 def weighted_mean(
     x: torch.Tensor,
     weight: float,
@@ -95,27 +179,14 @@ def weighted_mean(
     if not participate:
         x, weight = torch.zeros_like(x), 0.0
     members = dist.get_world_size(group)
+    mine_feedback = feedback if participate else None
     if codec.name == "none":
-        packed = torch.cat([x * weight, torch.tensor([weight], dtype=torch.float32)])
-        dist.all_reduce(packed, group=group)
-        total, summed = float(packed[-1]), packed[:-1]
-        moved = ring_allreduce_bytes(packed.numel() * 4, members)
+        mean, moved = _ring_mean(x, weight, group, members, key)
+    elif members <= 2:
+        mean, moved = _gathered_mean(x, weight, group, members, codec, mine_feedback, key)
     else:
-        use_feedback = feedback is not None and participate
-        payload = feedback.encode(codec, x, key) if use_feedback else codec.encode(x)
-        mine = _pack(payload, weight)
-        gathered = [torch.empty_like(mine) for _ in range(members)]
-        dist.all_gather(gathered, mine, group=group)
-        summed, total = torch.zeros(x.numel(), dtype=torch.float64), 0.0
-        for raw in gathered:
-            their_payload, their_weight = _unpack(codec, raw, x.numel())
-            if their_weight > 0:
-                summed += their_weight * codec.decode(their_payload, x.numel()).to(torch.float64)
-                total += their_weight
-        moved = ring_allgather_bytes(mine.numel(), members)
-    if total <= 0:
-        raise ValueError(f"exchange {key!r}: total weight across participants is {total}; nobody contributed")
-    return (summed / total).to(torch.float32), WanBytes(sent=moved, recv=moved)
+        mean, moved = _two_hop_mean(x, weight, group, members, codec, mine_feedback, feedback, key)
+    return mean, WanBytes(sent=moved, recv=moved)
 
 
 def check_participants(participants: list[int] | None, topo: Topology) -> bool:

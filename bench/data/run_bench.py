@@ -41,7 +41,8 @@ from data_prep.prepare import prepare
 start = time.perf_counter()
 report = prepare(sys.argv[1], sys.argv[2], sys.argv[3], [Path(p) for p in sys.argv[4:]], progress=False)
 hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
-print(json.dumps({"rows": report.rows_read, "seconds": time.perf_counter() - start, "peak_rss_mb": hwm_kb / 1024}))
+seconds = time.perf_counter() - start
+print(json.dumps({"rows": report.rows_read, "seconds": seconds, "peak_rss_mb": hwm_kb / 1024}))
 """
 
 
@@ -101,6 +102,10 @@ def training_rate(n_inputs: int, steps: int, batch_size: int = 64) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def prep_row(label: str, p: dict[str, float]) -> str:
+    return f"| {label} | {p['rows']} | {p['seconds']:.1f} | {p['rows_per_s']:,.0f} | {p['peak_rss_mb']:.0f} |"
+
+
 def markdown(r: dict) -> str:
     p1, pn = r["prep_1x"], r["prep_nx"]
     n = r["replicas"]
@@ -113,8 +118,8 @@ Load average at start: {r["load_at_start"]} (the machine is shared; rates are lo
 ## Prep (fresh subprocess each, shipped preset, gzip CSV input for 1x, plain CSV for {n}x)
 | input | rows | seconds | rows/s | peak RSS (MB) |
 |---|---|---|---|---|
-| Beijing 1x (12 stations) | {p1["rows"]} | {p1["seconds"]:.1f} | {p1["rows_per_s"]:,.0f} | {p1["peak_rss_mb"]:.0f} |
-| Beijing {n}x ({12 * n} stations) | {pn["rows"]} | {pn["seconds"]:.1f} | {pn["rows_per_s"]:,.0f} | {pn["peak_rss_mb"]:.0f} |
+{prep_row("Beijing 1x (12 stations)", p1)}
+{prep_row(f"Beijing {n}x ({12 * n} stations)", pn)}
 
 Peak RSS ratio {n}x / 1x: **{pn["peak_rss_mb"] / p1["peak_rss_mb"]:.2f}** (must stay <= 1.5: prep streams).
 
@@ -150,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         results["reader_w0"] = reader_rate(tmp / "d1" / "north", 0, 400)
         results["reader_w2"] = reader_rate(tmp / "d1" / "north", 2, 400)
         results["train"] = training_rate(CityWindows(tmp / "d1" / "north", "train").n_inputs, 200)
-        print(
-            f"[bench] reader {results['reader_w0']:.0f} / {results['reader_w2']:.0f}, train {results['train']:.0f}"
-        )
+        rates = f"reader {results['reader_w0']:.0f} (0 workers) / {results['reader_w2']:.0f} (2 workers)"
+        print(f"[bench] {rates}, training {results['train']:.0f} windows/s", flush=True)
         shutil.rmtree(tmp / "d1")
         (tmp / "raw").mkdir()
         inputs, cities_n = replicate(tmp / "raw", args.replicas)

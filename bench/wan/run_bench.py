@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:  # `crosscity bench wan` loads this file by p
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.wan.emulator import WanEmulator  # noqa: E402
-from bench.wan.link_probe import probe  # noqa: E402
+from bench.wan.link_probe import LinkReport, probe  # noqa: E402
 from bench.wan.results_report import BenchRun, mb, write_results  # noqa: E402
 from bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome  # noqa: E402
 from launch.local_launcher import LocalLauncher, prepare_run_dir  # noqa: E402
@@ -32,6 +33,7 @@ from train.atomic_io import atomic_write_text  # noqa: E402
 BASE_CONFIG = Path(__file__).with_name("config.yaml")
 RESULTS = Path(__file__).with_name("RESULTS.md")
 DATA_CITIES = ("north", "east", "west", "centre")
+LINK_FILE = "link_check.json"  # under --out: the link probe of the main rate
 
 # method name -> wan.* overrides on top of config.yaml
 METHODS: dict[str, list[str]] = {
@@ -122,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/bench_wan"), help="run directories go here")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument(
+        "--report-only", action="store_true", help="rebuild --results from the run directories under --out"
+    )
+    p.add_argument(
         "overrides", nargs="*", help="extra config overrides for every run, e.g. wan.sync_every=40"
     )
     return p
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         plan = _plan(args)
+        if args.report_only:
+            return _report_only(args, argv, plan)
         ensure_data(args.data)
         return _run(args, argv, plan)
     except BenchError as exc:
@@ -181,8 +188,9 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
             if rate == args.rate_mbit and args.cities >= 2:
                 link = probe(wan)
                 print(f"[bench] link check at {rate:g} Mbit/s: {link}", flush=True)
+                atomic_write_text(args.out / LINK_FILE, json.dumps(asdict(link)))
             for method in todo:
-                run_dir = args.out / f"{rate:g}mbit" / method.replace("+", "_")
+                run_dir = _run_dir(args, rate, method)
                 t = time.monotonic()
                 steps = args.steps if rate == args.rate_mbit else args.sweep_steps
                 attempted += 1
@@ -202,8 +210,30 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
                     f"ETA {eta / 60:.1f} min",
                     flush=True,
                 )
-    write_results(args.results, args, argv, link, runs, failures, started, time.monotonic() - clock)
+                # After every run, so a long bench that is stopped early still leaves its numbers.
+                write_results(
+                    args.results, args, argv, link, runs, failures, started, time.monotonic() - clock
+                )
     print(f"[bench] results: {args.results}", flush=True)
+    return 1 if failures else 0
+
+
+def _run_dir(args: argparse.Namespace, rate: float, method: str) -> Path:
+    return args.out / f"{rate:g}mbit" / method.replace("+", "_")
+
+
+def _report_only(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]]) -> int:
+    runs, failures = [], []
+    for rate, method in plan:
+        run_dir = _run_dir(args, rate, method)
+        try:
+            runs.append(BenchRun(method, rate, read_outcome(run_dir)))
+        except (OSError, ValueError) as exc:
+            failures.append(f"{method} @ {rate:g} Mbit/s: no finished run in {run_dir} ({exc})")
+    link_path = args.out / LINK_FILE
+    link = LinkReport(**json.loads(link_path.read_text())) if link_path.is_file() else None
+    write_results(args.results, args, argv, link, runs, failures, datetime.now(UTC), None)
+    print(f"[bench] results rebuilt from {args.out}: {args.results}", flush=True)
     return 1 if failures else 0
 
 

@@ -11,7 +11,8 @@ definitions live in one place (and docs/wan_emulation.md quotes them):
   window counts; its time is the slowest city's.
 - time to target: the first point of the curve at or below the target RMSE (flat DDP's final).
 - compute utilisation: per rank, (t_data + t_compute) / t_step summed over all steps, averaged over
-  ranks; everything else inside a step is waiting for the LAN or the WAN.
+  ranks; everything else inside a step is waiting for the LAN or the WAN. Also reported: the
+  WAN-free share, 1 - t_wan / t_step (the time not stalled on inter-city traffic).
 - WAN bytes: `bytes_sent` of the `wan` records (the trainer's exact accounting), and, when the
   bench measured it, the IP bytes that really crossed the emulated WAN (`wire_bytes`).
 """
@@ -39,6 +40,7 @@ class RunOutcome:
     wan_bytes: int  # accounted by the trainer, all ranks
     wire_bytes: int | None  # measured on the emulated WAN, all cities
     compute_util: float
+    wan_free: float  # 1 - t_wan / t_step: on a shared 2-core host, LAN waits are mostly CPU contention
     wan_rounds: int
 
     def time_to(self, target_rmse: float) -> float | None:
@@ -94,12 +96,18 @@ def validation_curve(run_dir: Path) -> list[tuple[float, int, float]]:
     return curve
 
 
-def compute_utilisation(run_dir: Path) -> float:
-    per_rank: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+def step_shares(run_dir: Path) -> tuple[float, float]:
+    """(compute utilisation, share of step time not spent in the WAN), both averaged over ranks."""
+    per_rank: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for r in read_records(run_dir, "train"):
-        per_rank[r["global_rank"]][0] += r["t_data"] + r["t_compute"]
-        per_rank[r["global_rank"]][1] += r["t_step"]
-    return sum(busy / max(total, 1e-12) for busy, total in per_rank.values()) / len(per_rank)
+        sums = per_rank[r["global_rank"]]
+        sums[0] += r["t_data"] + r["t_compute"]
+        sums[1] += r["t_wan"]
+        sums[2] += r["t_step"]
+    n = max(len(per_rank), 1)
+    util = sum(busy / max(total, 1e-12) for busy, _, total in per_rank.values()) / n
+    wan_free = sum(1 - wan / max(total, 1e-12) for _, wan, total in per_rank.values()) / n
+    return util, wan_free
 
 
 def read_outcome(run_dir: Path) -> RunOutcome:
@@ -111,6 +119,7 @@ def read_outcome(run_dir: Path) -> RunOutcome:
     bench_path = run_dir / BENCH_FILE
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else {}
     curve = validation_curve(run_dir)
+    util, wan_free = step_shares(run_dir)
     wan = read_records(run_dir, "wan")
     return RunOutcome(
         method=bench.get("method", summary["algorithm"]),
@@ -119,6 +128,7 @@ def read_outcome(run_dir: Path) -> RunOutcome:
         curve=curve,
         wan_bytes=sum(r["bytes_sent"] for r in wan),
         wire_bytes=sum(bench["wire_bytes"]) if "wire_bytes" in bench else None,
-        compute_util=compute_utilisation(run_dir),
+        compute_util=util,
+        wan_free=wan_free,
         wan_rounds=summary["wan_rounds"],
     )
