@@ -181,10 +181,11 @@ class CsvSource:
             columns = self._columns([h.strip() for h in header])
             rows: list[list[str]] = []
             lines: list[int] = []
-            total = 0
+            data_rows = 0
             for row in reader:
                 if not row:
                     continue
+                data_rows += 1
                 if len(row) != len(header):
                     self.bad.report(
                         self.path,
@@ -196,15 +197,11 @@ class CsvSource:
                 rows.append(row)
                 lines.append(reader.line_num)
                 if len(rows) >= self.chunk_rows:
-                    chunk = self._parse(rows, lines, columns, raw.tell())
-                    total += len(chunk.time)
-                    yield chunk
+                    yield self._parse(rows, lines, columns, raw.tell())
                     rows, lines = [], []
             if rows:
-                chunk = self._parse(rows, lines, columns, raw.tell())
-                total += len(chunk.time)
-                yield chunk
-            if total == 0 and not rows:
+                yield self._parse(rows, lines, columns, raw.tell())
+            if data_rows == 0:
                 self.bad.report(
                     self.path, reader.line_num + 1, "empty_file", "file has a header but no data rows"
                 )

@@ -289,6 +289,13 @@ def prepare(
                 *_policies(sch, on_bad_input, on_conflict),
                 progress,
             )
+            empty = [c for c in cit.stations if c not in report.cities]
+            if empty:
+                stations = ", ".join(cit.stations[empty[0]])
+                raise InputError(
+                    f"{cit.path}: city {empty[0]!r} got no rows from the inputs (stations {stations}); "
+                    "check the station names in the cities file and the input files"
+                )
             # the schema copy is written last: it marks the dataset complete, and append reads it back
             atomic_write_text(root / CITIES_COPY, Path(cities).read_text(encoding="utf-8"))
             atomic_write_text(root / SCHEMA_COPY, Path(schema).read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import math
 import statistics
@@ -32,6 +33,7 @@ PHASES = (
     ("t_lan", "LAN all-reduce"),
     ("t_wan", "WAN sync"),
 )
+SMOOTH = 5  # logged steps in the loss curve's trailing mean
 Records = list[dict[str, Any]]
 
 
@@ -114,6 +116,11 @@ def _mean(values: Iterable[float]) -> float:
 def _max(values: Iterable[Any]) -> Any:
     present = [v for v in values if v is not None]
     return max(present) if present else None
+
+
+def _rolling_mean(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` values, so noisy per-step losses show their trend."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -225,19 +232,22 @@ class Plots:
         run = self.run
         if not run.by_kind["train"]:
             return
-        fig, ax = self._axes(
-            "Is training loss falling in every city?", "inner step", "training loss (MSE, normalised)"
-        )
+        title = "Is training loss falling in every city?"
+        fig, ax = self._axes(title, "inner step", "training loss (MSE, normalised)")
+        losses = [r["loss"] for r in run.by_kind["train"]]
         for city in run.cities():
             per_step: dict[int, list[float]] = defaultdict(list)
             for r in run.of_city("train", city):
                 per_step[r["step"]].append(r["loss"])
             steps = sorted(per_step)
-            if steps:
-                ax.plot(steps, [_mean(per_step[s]) for s in steps], marker=".", label=run.label(city))
-        if all(r["loss"] > 0 for r in run.by_kind["train"]):
+            if not steps:
+                continue
+            ys = [_mean(per_step[s]) for s in steps]
+            (raw,) = ax.plot(steps, ys, lw=0.8, alpha=0.35)
+            ax.plot(steps, _rolling_mean(ys, SMOOTH), color=raw.get_color(), lw=2, label=run.label(city))
+        if min(losses) > 0 and max(losses) / min(losses) > 20:
             ax.set_yscale("log")
-        ax.legend()
+        ax.legend(title=f"mean of {SMOOTH} logged steps (faint: raw)")
         self._save(fig, "loss.png", "Training loss per city (mean over the city's ranks)")
 
     def validation(self) -> None:
@@ -321,14 +331,16 @@ class Plots:
             return
         title = "How many bytes crossed the WAN?"
         fig, ax = self._axes(title, "inner step", "cumulative WAN bytes sent (MB)")
-        for city in run.cities():
-            rows = sorted((r["step"], r.get("bytes_sent", 0)) for r in run.of_city("wan", city))
-            if rows:
-                total, ys = 0, []
-                for _, sent in rows:
-                    total += sent
-                    ys.append(total / 1e6)
-                ax.step([s for s, _ in rows], ys, where="post", label=run.label(city))
+        series = [(run.label(c), run.of_city("wan", c)) for c in run.cities()]
+        series.append(("all cities", run.by_kind["wan"]))
+        for k, (label, records) in enumerate(s for s in series if s[1]):
+            rows = sorted((r["step"], r.get("bytes_sent", 0)) for r in records)
+            ys = list(itertools.accumulate(sent / 1e6 for _, sent in rows))
+            total = label == "all cities"
+            style = (
+                {"color": "black", "lw": 2.5} if total else {"ls": ("-", "--", "-.", ":")[k % 4], "lw": 1.5}
+            )
+            ax.step([s for s, _ in rows], ys, where="post", label=label, **style)
         ax.legend()
         self._save(fig, "wan_bytes.png", title)
 

@@ -71,8 +71,9 @@ def from_slurm(env: Mapping[str, str]) -> Topology:
     """One Slurm job (or one array task) is one city; the tasks of its step are the city's ranks.
 
     SLURM_PROCID is the rank inside the step, i.e. inside the city (SLURM_LOCALID is only the
-    rank on this node). The array index names the city, shifted by the chunk offset when the
-    array was split past MaxArraySize.
+    rank on this node). Under mpiexec inside the job, Slurm's task is the per-node MPI proxy, so
+    the MPI launcher's rank and size win. The array index names the city, shifted by the chunk
+    offset when the array was split past MaxArraySize.
     """
     if "SLURM_ARRAY_TASK_ID" in env:
         offset = _int(env, ARRAY_OFFSET) if ARRAY_OFFSET in env else 0
@@ -80,12 +81,13 @@ def from_slurm(env: Mapping[str, str]) -> Topology:
         cities = _first(env, _NUM_CITIES, "SLURM_ARRAY_TASK_COUNT")
     else:
         city, cities = _override(env, _CITY, 0), _override(env, _NUM_CITIES, 1)
-    return Topology(
-        city=city,
-        num_cities=cities,
-        local_rank=_first(env, _LOCAL_RANK, "SLURM_PROCID"),
-        ranks_per_city=_first(env, _RANKS_PER_CITY, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
-    )
+    mpi = _mpi_env(env)
+    if mpi is not None:
+        rank, size = _override(env, _LOCAL_RANK, mpi[0]), _override(env, _RANKS_PER_CITY, mpi[1])
+    else:
+        rank = _first(env, _LOCAL_RANK, "SLURM_PROCID")
+        size = _first(env, _RANKS_PER_CITY, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    return Topology(city=city, num_cities=cities, local_rank=rank, ranks_per_city=size)
 
 
 def from_torchrun(env: Mapping[str, str]) -> Topology:
@@ -93,14 +95,21 @@ def from_torchrun(env: Mapping[str, str]) -> Topology:
     return _split_world(env, _int(env, "RANK"), _int(env, "WORLD_SIZE"), "torchrun")
 
 
+def _mpi_env(env: Mapping[str, str]) -> tuple[int, int] | None:
+    for rank_key, size_key in _MPI_VARS:
+        if rank_key in env and size_key in env:
+            return _int(env, rank_key), _int(env, size_key)
+    return None
+
+
 def mpi_rank_size(env: Mapping[str, str]) -> tuple[int, int] | None:
     """(rank, size) from the MPI launcher's variables, else from mpi4py if the program imported it.
 
     The variables come first so that merely asking never calls MPI_Init as a side effect.
     """
-    for rank_key, size_key in _MPI_VARS:
-        if rank_key in env and size_key in env:
-            return _int(env, rank_key), _int(env, size_key)
+    found = _mpi_env(env)
+    if found is not None:
+        return found
     if "mpi4py.MPI" in sys.modules:
         comm = sys.modules["mpi4py.MPI"].COMM_WORLD
         return comm.Get_rank(), comm.Get_size()

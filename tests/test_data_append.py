@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from data_prep.cli import main
-from data_prep.errors import ConflictError, DatasetError
+from data_prep.errors import ConflictError, DataPrepError, DatasetError
 from data_prep.manifest import global_stats, load_manifest
 from data_prep.prepare import append, prepare
 from data_prep.shards import read_shard
@@ -144,3 +145,12 @@ def test_sigkill_mid_append_leaves_previous_version_verifiable(data, tmp_path, c
     verify_dataset(data, full=True)
     assert not (data / ".staging").exists()
     assert len(CityWindows(data / "north", "train", past=24, horizon=12, stats="global")) > 0
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_lock(data, tmp_path):
+    new = small_inputs(tmp_path, rows=10, start=1000)
+    with open(data / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(DataPrepError, match="another prep/append is running on this dataset"):
+            append(data, new, progress=False)
+    assert append(data, new, progress=False).rows_added == 30

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from data_prep.cli import main
+from data_prep.csv_source import BadInput, CsvSource
 from data_prep.errors import ConflictError, InputError, SchemaError
 from data_prep.prepare import prepare
 from data_prep.schema import load_schema
@@ -23,6 +27,12 @@ def field(line: str, index: int, value: str) -> str:
     return ",".join(parts)
 
 
+def solo_city(folder: Path) -> Path:
+    path = folder / "solo.yaml"
+    path.write_text("cities:\n  north: {stations: [Changping]}\n", encoding="utf-8")
+    return path
+
+
 def run(tmp_path, content: list[str] | bytes, policy: str = "error"):
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "in.csv"
@@ -31,7 +41,7 @@ def run(tmp_path, content: list[str] | bytes, policy: str = "error"):
     else:
         write_csv(path, content)
     out = tmp_path / "out"
-    report = prepare(PRESET_SCHEMA, small_cities(tmp_path), out, [path], progress=False, on_bad_input=policy)
+    report = prepare(PRESET_SCHEMA, solo_city(tmp_path), out, [path], progress=False, on_bad_input=policy)
     return path, report
 
 
@@ -115,9 +125,9 @@ def test_conflicting_rows_in_two_inputs_name_both_lines(tmp_path):
     b_rows[7] = field(b_rows[7], 5, "999")
     b = write_csv(tmp_path / "b.csv", b_rows)
     with pytest.raises(ConflictError, match=rf"{a}:8 and {b}:8: two different rows for station 'Changping'"):
-        prepare(PRESET_SCHEMA, small_cities(tmp_path), tmp_path / "out", [a, b], progress=False)
+        prepare(PRESET_SCHEMA, solo_city(tmp_path), tmp_path / "out", [a, b], progress=False)
     report = prepare(
-        PRESET_SCHEMA, small_cities(tmp_path), tmp_path / "out", [a, b], progress=False, on_conflict="replace"
+        PRESET_SCHEMA, solo_city(tmp_path), tmp_path / "out", [a, b], progress=False, on_conflict="replace"
     )
     assert (report.rows_added, report.rows_replaced, report.input_duplicates) == (ROWS, 1, ROWS - 1)
 
@@ -143,7 +153,7 @@ def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path, capsys):
             "--schema",
             str(PRESET_SCHEMA),
             "--cities",
-            str(small_cities(tmp_path)),
+            str(solo_city(tmp_path)),
             "--out",
             str(tmp_path / "o"),
             "--quiet",
@@ -154,3 +164,31 @@ def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path, capsys):
     assert code == 2 and len(err) == 1
     reason = "column 'PM2.5': value 'abc' is not a number (missing tokens: ['NA']) [non_numeric]"
     assert err[0] == f"error: {path}:6: {reason}"
+
+
+def test_a_city_without_rows_fails_prep(tmp_path):
+    path = write_csv(tmp_path / "in.csv", lines())
+    with pytest.raises(
+        InputError, match=r"cities.yaml: city 'centre' got no rows from the inputs \(stations Dongsi\)"
+    ):
+        prepare(PRESET_SCHEMA, small_cities(tmp_path), tmp_path / "out", [path], progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_chunk_boundaries_change_nothing_and_order_is_checked_across_chunks(tmp_path):
+    schema, stations = load_schema(PRESET_SCHEMA), {"Changping"}
+    good = write_csv(tmp_path / "good.csv", lines())
+
+    def parse(path, chunk_rows):
+        chunks = list(CsvSource(path, schema, stations, BadInput("error"), chunk_rows=chunk_rows).chunks())
+        return chunks, np.concatenate([c.time for c in chunks]), np.concatenate([c.values for c in chunks])
+
+    small, t_small, v_small = parse(good, 8)
+    _, t_big, v_big = parse(good, 10_000)
+    assert len(small) == 5
+    np.testing.assert_array_equal(t_small, t_big)
+    np.testing.assert_array_equal(v_small, v_big)
+    rows = lines()
+    rows[9] = rows[8]  # line 10 (first row of the second chunk) repeats line 9
+    with pytest.raises(InputError, match=r"bad.csv:10: station 'Changping' time 2013-03-01 07:00 repeats"):
+        parse(write_csv(tmp_path / "bad.csv", rows), 8)

@@ -24,6 +24,20 @@ print(json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]))
 """
 
 
+def require_mpiexec() -> str:
+    """Path of mpiexec with mpi4py importable; skip outside CI, fail in CI (pip install mpi4py mpich)."""
+    mpiexec = shutil.which("mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpiexec = None
+    if mpiexec is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs mpi4py and mpiexec: pip install mpi4py mpich")
+        pytest.skip("mpi4py/mpiexec not installed (pip install mpi4py mpich)")
+    return mpiexec
+
+
 def probe(folder: Path) -> Path:
     """A script that prints its rank's detected topology as one JSON line."""
     path = folder / "probe.py"
@@ -47,6 +61,15 @@ def test_slurm_array_task_is_the_city_and_procid_the_rank() -> None:
     # A split array: chunk-relative task 1 with offset 8 is city 9 of 12.
     split = {**env, "SLURM_ARRAY_TASK_ID": "1", "CROSSCITY_ARRAY_OFFSET": "8", "CROSSCITY_NUM_CITIES": "12"}
     assert detect_topology(split) == Topology(9, 12, 3, 4)
+    # mpiexec inside the job: the MPI rank wins over the proxy's SLURM_PROCID.
+    mpi = {
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+        "PMI_RANK": "1",
+        "PMI_SIZE": "2",
+        "SLURM_ARRAY_TASK_ID": "0",
+    }
+    assert detect_topology({**mpi, "SLURM_ARRAY_TASK_COUNT": "2"}) == Topology(0, 2, 1, 2)
     # Not an array: one city.
     assert detect_topology({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == Topology(0, 1, 1, 2)
 
@@ -109,6 +132,18 @@ def test_real_srun_in_a_job_array(tmp_path: Path) -> None:
     assert found == {(c, 2, r, 2) for c in range(2) for r in range(2)}
 
 
+@pytest.mark.slurm
+def test_real_mpiexec_inside_a_slurm_array(tmp_path: Path) -> None:
+    """mpiexec in a job: Slurm's task is the per-node proxy, so PMI_RANK (not SLURM_PROCID) is the rank."""
+    require_slurm()
+    run = f"{require_mpiexec()} -n $SLURM_NTASKS {sys.executable} {probe(tmp_path)}"
+    job = sbatch("--array=0-1", "-N1", "--ntasks-per-node=2", "-o", "out_%a.txt", "--wrap", run, cwd=tmp_path)
+    states = wait_finished([f"{job}_0", f"{job}_1"], timeout_s=60)
+    out = (tmp_path / "out_0.txt").read_text() + (tmp_path / "out_1.txt").read_text()
+    assert {s.state for s in states.values()} == {"COMPLETED"}, out
+    assert layouts(out) == {(c, 2, r, 2) for c in range(2) for r in range(2)}
+
+
 def test_real_torchrun(tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun")
     if torchrun is None:
@@ -127,15 +162,7 @@ def test_real_torchrun(tmp_path: Path) -> None:
 
 
 def test_real_mpiexec_with_mpi4py() -> None:
-    mpiexec = shutil.which("mpiexec")
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        mpi4py = None
-    if mpiexec is None or mpi4py is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI needs mpi4py and mpiexec: pip install mpi4py mpich")
-        pytest.skip("mpi4py/mpiexec not installed (pip install mpi4py mpich)")
+    mpiexec = require_mpiexec()
     # Each rank checks the launcher-variable path and the mpi4py path against COMM_WORLD.
     script = (
         f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from mpi4py import MPI; "

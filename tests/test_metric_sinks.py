@@ -113,12 +113,19 @@ def test_make_sinks_port_per_rank_and_tensorboard_optional(tmp_path, caplog):
     assert make_sinks(MonitorConfig(), tmp_path, topo) == []
 
 
-def test_tensorboard_sink_missing_is_one_clear_message(tmp_path, caplog):
+def test_tensorboard_sink_writes_scalars_or_says_it_is_missing(tmp_path, caplog):
     if importlib.util.find_spec("tensorboard") is not None:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
         sink = tensorboard_sink(tmp_path)
-        sink.write(base("gpu", 1, gpu=0, power_w=300.0))
+        sink.write(base("gpu", 1, gpu=0, power_w=300.0, name="H100"))
+        sink.write(base("eval", 4, split="val", rmse=31.5))
         sink.close()
-        assert list(tmp_path.glob("events.out.tfevents.*"))
+        acc = EventAccumulator(str(tmp_path))
+        acc.Reload()
+        assert set(acc.Tags()["scalars"]) == {"gpu_0/power_w", "eval_val/rmse"}
+        (point,) = acc.Scalars("eval_val/rmse")
+        assert (point.step, point.value, point.wall_time) == (4, 31.5, 1.7e9)
         return
     with caplog.at_level(logging.WARNING):
         assert tensorboard_sink(tmp_path) is None

@@ -13,6 +13,7 @@ import torch
 
 from launch.job_status import format_rows
 from launch.submit import SlurmConfig, plan_run, resource_directives, write_jobs
+from tests.test_env_topology import require_mpiexec
 from tests.test_slurm_cluster import DEV_CLUSTER, REPO, max_array_size, require_slurm, sbatch, wait_finished
 from train.config import ConfigError, load_config
 
@@ -166,22 +167,34 @@ def submit_and_wait(run_dir: Path, overrides: list[str], timeout_s: float = 90) 
 
 
 @pytest.mark.slurm
-def test_city_template_trains_one_city_of_two_tasks(small_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("template", "extra"),
+    [
+        ("city.sbatch", ""),
+        ("city-mpi.sbatch", " lan.backend=gloo"),
+    ],  # Horovod is optional: MPI start, gloo LAN
+)
+def test_city_template_trains_one_city_of_two_tasks(
+    small_dataset: Path, tmp_path: Path, template: str, extra: str
+) -> None:
     require_slurm()
+    if template == "city-mpi.sbatch":
+        require_mpiexec()
     run_dir = tmp_path / "city"
-    overrides = f"data.dir={small_dataset} data.cities=north train.steps=8 {' '.join(QUICK)}"
+    overrides = f"data.dir={small_dataset} data.cities=north train.steps=8 {' '.join(QUICK)}{extra}"
     env = f"ALL,CONFIG={CONFIG},RUN_DIR={run_dir},OVERRIDES={overrides},PYTHON={sys.executable}"
+    out = tmp_path / "city.out"
     job = sbatch(
         "-N2",
         "--ntasks-per-node=1",
         f"--export={env}",
         "-o",
-        str(tmp_path / "city.out"),
-        str(REPO / "slurm" / "city.sbatch"),
+        str(out),
+        str(REPO / "slurm" / template),
         cwd=REPO,
     )
     state = wait_finished([job], timeout_s=90)[job]
-    assert state.state == "COMPLETED", (tmp_path / "city.out").read_text()[-3000:]
+    assert state.state == "COMPLETED", out.read_text()[-3000:]
     assert (run_dir / "summary.json").is_file() and (run_dir / "final" / "model.pt").is_file()
     assert {p.name for p in (run_dir / "metrics").glob("rank*.jsonl")} == {"rank0.jsonl", "rank1.jsonl"}
 

@@ -65,13 +65,33 @@ def _exchange_every_codec(topo: Topology, groups: Groups, numel: int) -> dict[st
         x, WEIGHTS[topo.city], groups, topo, "int8", feedback, "s", everyone[1:]
     )
     results["subset"] = {**_outcome(mean, everyone[1:], moved), "residuals": sorted(feedback.residuals)}
+    results["accumulated"] = {fb: _accumulated_error(x, topo, groups, fb) for fb in (True, False)}
     return results
+
+
+ROUNDS = 20
+
+
+def _accumulated_error(x: torch.Tensor, topo: Topology, groups: Groups, with_feedback: bool) -> float:
+    """The same int4 exchange ROUNDS times: how far the sum of the results is from ROUNDS x the mean."""
+    feedback = ErrorFeedback() if with_feedback else None
+    total = torch.zeros(x.numel(), dtype=torch.float64)
+    for _ in range(ROUNDS):
+        total += average_across_cities(x, WEIGHTS[topo.city], groups, topo, "int4", feedback, "acc")[
+            0
+        ].double()
+    return float((total - ROUNDS * exact_mean(list(range(topo.num_cities)), x.numel())).abs().max())
 
 
 def _check_agreement_and_subset(results: dict[int, dict[str, Any]], cities: int, hops: int) -> None:
     for name in [*CODECS, "subset"]:
         assert len({r[name]["digest"] for r in results.values()}) == 1, f"{name}: ranks disagree"
     numel = NUMEL if cities == 2 else THREE_CITY_NUMEL
+    largest = torch.stack([city_vector(c, numel) for c in range(cities)]).abs().amax(0)
+    for r in results.values():  # error feedback: bounded by the last residuals; without: grows per round
+        with_fb, without = r["accumulated"][True], r["accumulated"][False]
+        assert with_fb <= hops * 1.1 * make_codec("int4").error_bound(largest), with_fb
+        assert without > 5 * with_fb, (without, with_fb)
     others = torch.stack([city_vector(c, numel) for c in range(1, cities)])
     for rank, r in results.items():
         assert r["subset"]["error"] <= hops * make_codec("int8").error_bound(others.abs().amax(0)) + 1e-6

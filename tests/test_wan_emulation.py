@@ -35,12 +35,8 @@ def _emulator() -> WanEmulator:
 
 
 def _namespaces() -> list[str]:
-    return [
-        line.split()[0]
-        for line in subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True
-        ).stdout.splitlines()
-    ]
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

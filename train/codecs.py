@@ -6,11 +6,12 @@ chunk of `CHUNK` values so that one spike only coarsens its own chunk, never the
 
 Error bounds (max abs error of decode(encode(x)) over all elements; a_c = max|x| in chunk c):
 - none:  0
-- fp16:  max_c (2^-11 a_c + s_c 2^-25); s_c = power-of-two chunk scale (exact), so no overflow
-- bf16:  max_c (2^-8 a_c + s_c 2^-134); same scheme, bf16 significand
+- fp16:  max_c (2^-11 a_c + s_c 2^-25) + slack; s_c = exact power-of-two chunk scale: no overflow
+- bf16:  max_c (2^-8 a_c + s_c 2^-134) + slack; same scheme, bf16 significand
 - int8:  max_c (a_c / 254 + a_c 2^-22) + 127 * 2^-149; 127 levels per sign, round to nearest
 - int4:  max_c (a_c / 14 + a_c 2^-22) + 7 * 2^-149; 7 levels per sign, two values packed per byte
-  (the a_c 2^-22 and 2^-149 terms cover float32 rounding of the scale and the decode)
+  (slack: a_c 2^-23 (floats) / a_c 2^-22 (ints) plus 2^-149 terms cover float32 rounding of
+  the scale and the decode, subnormals included; the codecs compute in float32 for speed)
 
 `ErrorFeedback` keeps, per key (rank and fragment), what compression dropped last time and adds it
 back before the next encode, so the decoded updates sum to the true sum within one round's error.
@@ -32,24 +33,34 @@ def _chunks(numel: int) -> int:
 
 def _chunked(x: torch.Tensor) -> torch.Tensor:
     """[n] -> [chunks, CHUNK], zero padded (zeros never change a chunk's absmax)."""
-    padded = torch.zeros(_chunks(x.numel()) * CHUNK, dtype=x.dtype)
-    padded[: x.numel()] = x
-    return padded.view(-1, CHUNK)
+    return torch.nn.functional.pad(x, (0, _chunks(x.numel()) * CHUNK - x.numel())).view(-1, CHUNK)
 
 
 def _check_input(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 1 or not x.is_floating_point():
         raise ValueError(f"codec input must be a flat floating tensor, got shape {tuple(x.shape)} {x.dtype}")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(
-            f"codec input has {bad} non-finite values (nan/inf) out of {x.numel()}: cannot encode"
-        )
-    return x.detach().to(torch.float64)
+    x = x.detach().to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"codec input has {bad} non-finite values (nan/inf) of {x.numel()}: cannot encode")
+    return x
 
 
 def _absmax(x: torch.Tensor) -> torch.Tensor:
     return _chunked(_check_input(x)).abs().amax(dim=1)
+
+
+def _times_pow2(chunks: torch.Tensor, exps: torch.Tensor) -> torch.Tensor:
+    """chunks[c] * 2^exps[c], exactly, in two float32 factors so that 2^|e| <= 2^82 never overflows."""
+    half = torch.div(exps, 2, rounding_mode="floor").to(torch.float32)
+    rest = exps.to(torch.float32) - half
+    return chunks * torch.exp2(half).unsqueeze(1) * torch.exp2(rest).unsqueeze(1)
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """A decode within rounding of +-FLT_MAX may round up to inf: pull it back (error <= 1 ulp)."""
+    top = torch.finfo(torch.float32).max
+    return x.clamp_(-top, top)
 
 
 class Codec(ABC):
@@ -98,8 +109,8 @@ class NoCodec(Codec):
 class FloatCodec(Codec):
     """Cast to a 16-bit float after dividing each chunk by a power of two (int16 exponent).
 
-    The power-of-two scale is exact, maps each chunk's absmax into [2^14, 2^15] so fp16 never
-    overflows, and keeps small chunks out of the subnormal range.
+    The power-of-two scale is exact and maps each chunk's absmax into [2^14, 2^15), so fp16 never
+    overflows and small chunks stay out of the subnormal range.
     """
 
     def __init__(self, name: str, dtype: torch.dtype) -> None:
@@ -109,31 +120,30 @@ class FloatCodec(Codec):
         self.half_subnormal = info.smallest_normal * info.eps / 2
 
     def _exponents(self, absmax: torch.Tensor) -> torch.Tensor:
-        exps = torch.zeros_like(absmax, dtype=torch.int16)
-        nonzero = absmax > 0
-        exps[nonzero] = (torch.ceil(torch.log2(absmax[nonzero])) - 15).to(torch.int16)
-        return exps
+        """e with absmax < 2^e (frexp), minus 15; 0 for an all-zero chunk."""
+        exps = torch.frexp(absmax).exponent - 15
+        return torch.where(absmax > 0, exps, torch.zeros_like(exps)).to(torch.int16)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         chunks = _chunked(_check_input(x))
         exps = self._exponents(chunks.abs().amax(dim=1))
-        scaled = torch.ldexp(chunks, -exps.to(torch.float64).unsqueeze(1))
+        scaled = _times_pow2(chunks, -exps.to(torch.int32))
         return [scaled.flatten()[: x.numel()].to(self.dtype), exps]
 
     def decode(self, payload: list[torch.Tensor], numel: int) -> torch.Tensor:
         values, exps = payload
-        chunks = _chunked(values.to(torch.float64))
-        return torch.ldexp(chunks, exps.to(torch.float64).unsqueeze(1)).flatten()[:numel].to(torch.float32)
+        chunks = _chunked(values.to(torch.float32))
+        return _finite(_times_pow2(chunks, exps.to(torch.int32)).flatten()[:numel])
 
     def payload_shapes(self, numel: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         return [((numel,), self.dtype), ((_chunks(numel),), torch.int16)]
 
     def error_bound(self, x: torch.Tensor) -> float:
-        absmax = _absmax(x)
-        scale = torch.ldexp(torch.ones_like(absmax), self._exponents(absmax).to(torch.float64))
-        # the float32 decode adds at most one more float32 rounding of |x| <= a_c
+        absmax = _absmax(x).double()
+        scale = torch.exp2(self._exponents(absmax.float()).double())
+        # plus one float32 rounding of the decode (relative 2^-23 covers it, 2^-149 where subnormal)
         per_chunk = absmax * (self.unit_roundoff + 2.0**-23) + scale * self.half_subnormal
-        return float(per_chunk.max())
+        return float(per_chunk.max()) + 2.0**-149
 
 
 class IntCodec(Codec):
@@ -145,8 +155,8 @@ class IntCodec(Codec):
 
     def _quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chunks = _chunked(_check_input(x))
-        scale = (chunks.abs().amax(dim=1) / self.levels).to(torch.float32)
-        divisor = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float64).unsqueeze(1)
+        scale = chunks.abs().amax(dim=1) / self.levels
+        divisor = torch.where(scale > 0, scale, torch.ones_like(scale)).unsqueeze(1)
         q = torch.round(chunks / divisor).clamp_(-self.levels, self.levels).to(torch.int8)
         return q.flatten()[: x.numel()], scale
 
@@ -166,8 +176,8 @@ class IntCodec(Codec):
         else:
             nibbles = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[:numel]
             q = nibbles.to(torch.int8) - (self.levels + 1)
-        chunks = _chunked(q.to(torch.float64))
-        return (chunks * scale.to(torch.float64).unsqueeze(1)).flatten()[:numel].to(torch.float32)
+        chunks = _chunked(q.to(torch.float32))
+        return _finite((chunks * scale.unsqueeze(1)).flatten()[:numel])
 
     def payload_shapes(self, numel: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         values = numel if self.bits == 8 else math.ceil(numel / 2)
@@ -175,9 +185,9 @@ class IntCodec(Codec):
         return [((values,), dtype), ((_chunks(numel),), torch.float32)]
 
     def error_bound(self, x: torch.Tensor) -> float:
-        # half a quantisation step, slack for the float32 rounding of scale and decode, and for a
-        # scale that falls into (or under) float32's subnormal range
-        return float((_absmax(x) * (0.5 / self.levels + 2.0**-22)).max()) + self.levels * 2.0**-149
+        # half a quantisation step, slack for the float32 rounding of scale, division and decode,
+        # and for a scale that falls into (or under) float32's subnormal range
+        return float((_absmax(x).double() * (0.5 / self.levels + 2.0**-22)).max()) + self.levels * 2.0**-149
 
 
 CODECS: dict[str, Codec] = {

@@ -144,6 +144,12 @@ class Config:
                 raise ConfigError(f"{key}={value}: must be >= 0")
         if not 0 < self.data.horizon_hours <= 24:
             raise ConfigError(f"data.horizon_hours={self.data.horizon_hours}: allowed 1..24")
+        if self.monitor.straggler_factor <= 1:
+            raise ConfigError(f"monitor.straggler_factor={self.monitor.straggler_factor}: must be > 1")
+        if self.monitor.straggler_steps < 1:
+            raise ConfigError(f"monitor.straggler_steps={self.monitor.straggler_steps}: must be >= 1")
+        if not 0 <= self.monitor.prometheus_port <= 65535:
+            raise ConfigError(f"monitor.prometheus_port={self.monitor.prometheus_port}: allowed 0..65535")
         if not 0 <= self.optim.momentum < 1:
             raise ConfigError(f"optim.momentum={self.optim.momentum}: allowed [0, 1)")
         if not 0 <= self.model.dropout < 1:

@@ -39,6 +39,8 @@ THROTTLE_REASONS: tuple[tuple[int, str], ...] = (
     (0x100, "display_clock_setting"),
 )
 
+_KNOWN_THROTTLE_BITS = sum(bit for bit, _ in THROTTLE_REASONS)
+
 _said: set[str] = set()
 
 
@@ -52,11 +54,8 @@ def _say_once(message: str) -> None:
 def decode_throttle_reasons(mask: int) -> list[str]:
     """Bit mask -> reason names; bits nvml.h does not define come back as `unknown_0x...`."""
     names = [name for bit, name in THROTTLE_REASONS if mask & bit]
-    known = 0
-    for bit, _ in THROTTLE_REASONS:
-        known |= bit
-    if mask & ~known:
-        names.append(f"unknown_{mask & ~known:#x}")
+    if unknown := mask & ~_KNOWN_THROTTLE_BITS:
+        names.append(f"unknown_{unknown:#x}")
     return names
 
 

@@ -1,4 +1,4 @@
-"""The end of a run: final model, summary.json (the demo's table) and the loss-curve plot."""
+"""The end of a run: final model, summary.json (the demo's table), report and plots."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from launch.run_report import write_report
 from train.atomic_io import atomic_write, atomic_write_text
 from train.config import Config, to_dict
 from train.evaluate import pool_metrics
@@ -58,30 +59,5 @@ def write_summary(
     final = Path(run_dir) / "final" / "model.pt"
     state = {"model": model.state_dict(), "config": to_dict(cfg)}
     atomic_write(final, lambda fh: torch.save(state, fh))
-    plot_loss_curves(run_dir)
+    write_report(run_dir)  # report.md + plots/*.png (loss, validation, time breakdown, WAN bytes)
     return summary
-
-
-def plot_loss_curves(run_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_records(run_dir, "train")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for city in sorted({r["city"] for r in records}):
-        rows = sorted((r["step"], r["loss"]) for r in records if r["city"] == city and r["local_rank"] == 0)
-        ax.plot([s for s, _ in rows], [v for _, v in rows], label=f"city {city}")
-    ax.set_xlabel("inner step")
-    ax.set_ylabel("training loss (MSE, normalised PM2.5)")
-    ax.set_title("Training loss per city")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = Path(run_dir) / "plots" / "loss.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

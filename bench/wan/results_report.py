@@ -56,7 +56,8 @@ def main_table(runs: list[BenchRun]) -> str:
         rows.append(
             f"| {r.method} | {_secs(t)} | {speedup} | {o.final_rmse:.3f} "
             f"| {100 * (o.final_rmse / target - 1):+.2f}% "
-            f"| {mb(o.wan_bytes)} | {reduction} | {mb(o.wire_bytes)} | {100 * o.compute_util:.0f}% | {100 * o.wan_free:.0f}% "
+            f"| {mb(o.wan_bytes)} | {reduction} | {mb(o.wire_bytes)} "
+            f"| {100 * o.compute_util:.0f}% | {100 * o.wan_free:.0f}% "
             f"| {o.train_s:.1f} | {o.wan_rounds} |"
         )
     return "\n".join(rows)
@@ -167,7 +168,8 @@ def write_results(
         "same seed, data and sample budget for every method",
         "- definitions (bench/wan/run_outcome.py): training clock from the first step, validation "
         "passes excluded; time to target = first pooled val RMSE <= flat DDP's final; compute util = "
-        "(data + compute) / step time, WAN-free = 1 - WAN / step time; accounted bytes = the trainer's `wan` records, wire = IP bytes "
+        "(data + compute) / step time, WAN-free = 1 - WAN / step time; accounted bytes = the trainer's "
+        "`wan` records, wire = IP bytes "
         "that crossed the emulated WAN.",
     ]
     if link is not None:
