@@ -61,3 +61,13 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert set(yaml.safe_load((tmp_path / "config.yaml").read_text())) == set(vars(Config()))
+
+
+def test_readme_documents_every_config_key() -> None:
+    import dataclasses
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        for key in dataclasses.fields(getattr(cfg, section.name)):
+            assert f"`{section.name}.{key.name}`" in readme, f"README lacks {section.name}.{key.name}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -93,12 +95,13 @@ def test_global_stats_differ_from_city_stats(root):
 
 def test_dataloader_with_two_fork_workers_matches_in_process(root):
     ds = windows(root)
+    ds[0]  # the parent loads the city before forking: workers must still work (no shared HDF5 handle)
     sampler = RankSampler(len(ds), rank=0, world=1, seed=3)
-    serial = [b for b in torch.utils.data.DataLoader(ds, batch_size=64, sampler=sampler)]
+    serial = torch.utils.data.DataLoader(ds, batch_size=32, sampler=sampler)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=64, sampler=sampler, num_workers=2, multiprocessing_context="fork"
+        ds, batch_size=32, sampler=sampler, num_workers=2, multiprocessing_context="fork"
     )
-    for a, b in zip(serial, loader, strict=True):
+    for a, b in itertools.islice(zip(serial, loader, strict=False), 12):
         for ta, tb in zip(a, b, strict=True):
             torch.testing.assert_close(ta, tb)
 

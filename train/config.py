@@ -29,7 +29,10 @@ class DataConfig:
     target: str = "PM2.5"
     batch_size: int = 64  # per rank
     num_workers: int = 0
-    verify: Literal["quick", "full", "off"] = "quick"  # dataset check before training starts
+    verify: Literal["quick", "full", "off"] = "full"  # dataset check before training (full = sha256)
+    max_missing: float = 0.25  # drop windows with a larger share of missing input values
+    stats: Literal["city", "global"] = "city"  # normalisation: per city, or pooled sufficient statistics
+    fill_hours: int = -1  # forward-fill gaps up to this many hours (-1 = the schema's gap_fill_hours)
 
 
 @dataclass
@@ -142,6 +145,10 @@ class Config:
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key}={value}: must be >= 0")
+        if not 0 <= self.data.max_missing <= 1:
+            raise ConfigError(f"data.max_missing={self.data.max_missing}: allowed [0, 1]")
+        if self.data.fill_hours < -1:
+            raise ConfigError(f"data.fill_hours={self.data.fill_hours}: allowed -1 (schema default) or >= 0")
         if not 0 < self.data.horizon_hours <= 24:
             raise ConfigError(f"data.horizon_hours={self.data.horizon_hours}: allowed 1..24")
         if self.monitor.straggler_factor <= 1:

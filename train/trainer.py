@@ -112,9 +112,19 @@ class Trainer:
 
         self.city_name = city_names(cfg)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
-        if cfg.data.verify != "off":
-            (full_check if cfg.data.verify == "full" else quick_check)(city_dir)
-        window = {"past": cfg.data.past_hours, "horizon": cfg.data.horizon_hours, "target": cfg.data.target}
+        if cfg.data.verify == "full" and topo.local_rank == 0:
+            full_check(city_dir)  # one rank hashes; the others check sizes and versions
+        elif cfg.data.verify != "off":
+            quick_check(city_dir)
+        d = cfg.data
+        window = {
+            "past": d.past_hours,
+            "horizon": d.horizon_hours,
+            "target": d.target,
+            "max_missing": d.max_missing,
+            "stats": d.stats,
+            "fill_hours": None if d.fill_hours < 0 else d.fill_hours,
+        }
         self.train_ds = CityWindows(city_dir, split="train", **window)
         self.val_ds = CityWindows(city_dir, split="val", **window)
         data_seed = cfg.train.seed * 1_000_003 + topo.city
