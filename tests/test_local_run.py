@@ -173,3 +173,18 @@ def test_preempted_city_resumes_the_same_trajectory(
     straight, interrupted = final_params(tmp_path / "straight"), final_params(run_dir)
     for name in straight:
         torch.testing.assert_close(interrupted[name], straight[name], rtol=0, atol=0)
+
+
+def test_run_refuses_a_corrupted_dataset(small_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_dataset, data)
+    shard = sorted((data / "west").glob("*.h5"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    r = crosscity("run", str(CONFIG), f"data.dir={data}", f"train.run_dir={tmp_path / 'run'}")
+    assert r.returncode == 2, r.stderr
+    assert shard.name in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "metrics").exists()  # no rank was started
