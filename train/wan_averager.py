@@ -68,8 +68,10 @@ class InterCitySync(ABC):
         self.rounds = 0
         self.samples_since_round = 0
 
-    @abstractmethod
-    def after_step(self, step: int, samples: int) -> WanRound | None: ...
+    def after_step(self, step: int, samples: int) -> WanRound | None:
+        """Count the samples; run a round when the schedule says so (the periodic algorithms)."""
+        self.samples_since_round += samples
+        return self._round() if self.schedule.is_round(step) else None
 
     def finish(self) -> WanRound | None:
         """Final full round so every city ends with the same parameters."""
@@ -142,10 +144,6 @@ class FlatSync(InterCitySync):
 class AverageSync(InterCitySync):
     """Local SGD: every H steps replace each city's model by the sample-weighted mean of all cities."""
 
-    def after_step(self, step: int, samples: int) -> WanRound | None:
-        self.samples_since_round += samples
-        return self._round() if self.schedule.is_round(step) else None
-
     def _round(self) -> WanRound:
         start = time.perf_counter()
         weight = self._city_weight()
@@ -167,10 +165,6 @@ class DiLoCoSync(InterCitySync):
             momentum=self.cfg.outer_momentum,
             nesterov=self.cfg.nesterov and self.cfg.outer_momentum > 0,
         )
-
-    def after_step(self, step: int, samples: int) -> WanRound | None:
-        self.samples_since_round += samples
-        return self._round() if self.schedule.is_round(step) else None
 
     def _round(self) -> WanRound:
         start = time.perf_counter()
