@@ -35,19 +35,21 @@ def run_on_cities(fn: Callable[..., Any], cities: int, ranks: int, *args: Any) -
     store = host_store("127.0.0.1")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(
+    context = mp.start_processes(
         _worker,
         args=(fn, cities, ranks, store.port, queue, args),
         nprocs=cities * ranks,
-        join=True,
+        join=False,
         start_method="spawn",
     )
     results, errors = {}, []
-    for _ in range(cities * ranks):
-        rank, value, error = queue.get(timeout=30)
+    for _ in range(cities * ranks):  # drain before joining: a full pipe would block the workers
+        rank, value, error = queue.get(timeout=120)
         if error:
             errors.append(f"rank {rank}:\n{error}")
         results[rank] = pickle.loads(value) if value is not None else None
+    while not context.join():
+        pass
     if errors:
         raise AssertionError("\n".join(errors))
     return results

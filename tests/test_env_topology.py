@@ -20,7 +20,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from launch.slurm_env import detect_topology
 t = detect_topology()
-print(json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]))
+print("TOPO", json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]))
 """
 
 
@@ -46,7 +46,8 @@ def probe(folder: Path) -> Path:
 
 
 def layouts(text: str) -> set[tuple[int, ...]]:
-    return {tuple(json.loads(line)) for line in text.splitlines() if line.startswith("[")}
+    """(city, cities, rank, ranks) per probe line; launcher chatter such as `[mpiexec@vm] ...` is skipped."""
+    return {tuple(json.loads(line[5:])) for line in text.splitlines() if line.startswith("TOPO ")}
 
 
 def test_crosscity_variables_win_over_everything() -> None:
@@ -169,7 +170,7 @@ def test_real_mpiexec_with_mpi4py() -> None:
         "from launch.slurm_env import detect_topology, from_mpi; import os; c = MPI.COMM_WORLD; "
         "a = detect_topology(); b = from_mpi({'CROSSCITY_NUM_CITIES': '2'}); "
         "assert (a.local_rank, a.ranks_per_city) == (c.Get_rank(), c.Get_size()), a; "
-        "print(json.dumps([b.city, b.num_cities, b.local_rank, b.ranks_per_city]))"
+        "print('TOPO', json.dumps([b.city, b.num_cities, b.local_rank, b.ranks_per_city]))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CROSSCITY_"))}
     done = subprocess.run(

@@ -13,34 +13,38 @@ from train.wan_averager import AverageSync, DiLoCoSync, SyncSchedule
 CITY_SAMPLES = {0: 10, 1: 30}  # unequal: FedAvg weights must follow them exactly
 
 
-def _model_for(city: int) -> nn.Module:
-    torch.manual_seed(100 + city)  # every city holds a different model
-    return nn.Linear(5, 3)
+def _moves(city: int) -> list[torch.Tensor]:
+    """What city `city` learned since the last round: a different move per city."""
+    torch.manual_seed(100 + city)
+    return [torch.randn(3, 5), torch.randn(3)]
 
 
-def _average_round(topo, groups, cls_name: str, cfg: WanConfig):
-    model = _model_for(topo.city)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    cls = {"average": AverageSync, "diloco": DiLoCoSync}[cls_name]
-    sync = cls(cfg, model, optimizer, topo, groups)
-    if cls_name == "diloco":  # move away from the anchor so there is a pseudo-gradient
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.5 * (topo.city + 1))
+def _average_round(topo, groups):
+    torch.manual_seed(7)  # every city starts from the same model
+    model = nn.Linear(5, 3)
+    sync = AverageSync(
+        WanConfig(sync_every=1), model, torch.optim.SGD(model.parameters(), lr=0.1), topo, groups
+    )
+    with torch.no_grad():
+        for p, move in zip(model.parameters(), _moves(topo.city), strict=True):
+            p.add_(move)
     rnd = sync.after_step(1, CITY_SAMPLES[topo.city])
     return [p.detach().clone() for p in model.parameters()], rnd.bytes_sent, sync.rounds
 
 
 def test_average_is_exact_sample_weighted_mean() -> None:
-    results = run_on_cities(_average_round, 2, 2, "average", WanConfig(sync_every=1))
+    results = run_on_cities(_average_round, 2, 2)
+    torch.manual_seed(7)
+    init = list(nn.Linear(5, 3).parameters())
+    w = CITY_SAMPLES
     expected = [
-        (CITY_SAMPLES[0] * a + CITY_SAMPLES[1] * b) / sum(CITY_SAMPLES.values())
-        for a, b in zip(_model_for(0).parameters(), _model_for(1).parameters(), strict=True)
+        p.detach() + (w[0] * a + w[1] * b) / (w[0] + w[1])
+        for p, a, b in zip(init, _moves(0), _moves(1), strict=True)
     ]
     for params, sent, rounds in results.values():
         assert rounds == 1 and sent > 0
         for got, want in zip(params, expected, strict=True):
-            torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def _diloco_round(topo, groups, cfg: WanConfig):

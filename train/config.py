@@ -71,6 +71,7 @@ class WanConfig:
     overlap_steps: int = 2  # streaming: tau inner steps a fragment exchange may overlap
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "average", "reset"] = "keep"
+    torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Config:
             "data.num_workers": self.data.num_workers,
             "wan.warmup_steps": self.wan.warmup_steps,
             "wan.overlap_steps": self.wan.overlap_steps,
+            "wan.torch_intra_every": self.wan.torch_intra_every,
             "train.eval_every": self.train.eval_every,
             "train.checkpoint_every": self.train.checkpoint_every,
             "train.max_val_windows": self.train.max_val_windows,
@@ -168,6 +170,16 @@ class Config:
         if self.wan.warmup_steps > self.train.steps:
             raise ConfigError(
                 f"wan.warmup_steps={self.wan.warmup_steps}: must not exceed train.steps={self.train.steps}"
+            )
+        if self.wan.algorithm == "streaming" and self.wan.fragments > self.wan.sync_every:
+            raise ConfigError(
+                f"wan.fragments={self.wan.fragments}: must be <= wan.sync_every={self.wan.sync_every} "
+                "(each fragment needs its own step in the H-step cycle)"
+            )
+        if self.wan.torch_intra_every and self.wan.sync_every % self.wan.torch_intra_every:
+            raise ConfigError(
+                f"wan.torch_intra_every={self.wan.torch_intra_every}: "
+                f"must divide wan.sync_every={self.wan.sync_every}"
             )
         if self.wan.algorithm == "streaming" and self.wan.overlap_steps >= self.wan.sync_every:
             raise ConfigError(

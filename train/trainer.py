@@ -229,7 +229,6 @@ class Trainer:
             "t_lan": 0.0 if self.flat else t3 - t2,
             "t_wan": (t3 - t2 if self.flat else 0.0) + (t5 - t4),
             "t_step": t5 - t0,
-            "round": wan_round is not None,
             "samples": len(x),
         }
 
@@ -248,12 +247,12 @@ class Trainer:
 
     def _flat_step_bytes(self) -> int:
         """Gradient bytes this rank puts on the WAN per flat step: only the ring hop leaving its city."""
-        last_in_city = self.topo.local_rank == self.topo.ranks_per_city - 1
+        first_in_city = self.topo.local_rank == 0  # gloo's ring sends to rank - 1
         n = self.n_params + 1
         size = 2 if self.cfg.lan.grad_dtype != "fp32" else 4
         return (
             ring_allreduce_bytes(n, size, self.topo.world_size)
-            if last_in_city and self.topo.num_cities > 1
+            if first_in_city and self.topo.num_cities > 1
             else 0
         )
 
@@ -297,7 +296,8 @@ class Trainer:
                 if self.topo.global_rank == 0 and time.perf_counter() - last_log > 5:
                     last_log = time.perf_counter()
                     progress(self.state.step, cfg.train.steps, time.perf_counter() - t_start, m["loss"])
-            stop, leaving = self._agree_to_stop(m["votes"], m["round"] or self.flat)
+            boundary = self.flat or self.sync.schedule.is_round(self.state.step)
+            stop, leaving = self._agree_to_stop(m["votes"], boundary)
             if stop:
                 return self._stop_for_requeue(leaving)
             if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
@@ -311,6 +311,7 @@ class Trainer:
         return self._finish(time.perf_counter() - t_start)
 
     def close(self) -> None:
+        self.sync.close()
         self.telemetry.stop()
         self.log.close()
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from train.codecs import ErrorFeedback, make_codec
 from train.config import ConfigError, WanConfig
 from train.process_groups import Groups
 from train.topology import Topology
@@ -65,6 +66,8 @@ class InterCitySync(ABC):
     ):
         self.cfg, self.model, self.optimizer, self.topo, self.groups = cfg, model, optimizer, topo, groups
         self.schedule = SyncSchedule(cfg.sync_every, cfg.warmup_steps)
+        self.codec = make_codec(cfg.codec)
+        self.feedback = ErrorFeedback() if cfg.error_feedback else None
         self.rounds = 0
         self.samples_since_round = 0
 
@@ -77,12 +80,18 @@ class InterCitySync(ABC):
         """Final full round so every city ends with the same parameters."""
         return self._round() if self.samples_since_round else None
 
+    def close(self) -> None:  # noqa: B027 - optional hook, most algorithms hold nothing
+        """Release background resources (streaming's exchange thread); called when the rank stops."""
+
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "samples_since_round": self.samples_since_round}
+        feedback = self.feedback.state_dict() if self.feedback else None
+        return {"rounds": self.rounds, "samples_since_round": self.samples_since_round, "feedback": feedback}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rounds = state["rounds"]
         self.samples_since_round = state["samples_since_round"]
+        if self.feedback is not None and state.get("feedback") is not None:
+            self.feedback.load_state_dict(state["feedback"])
 
     @abstractmethod
     def _round(self) -> WanRound: ...
@@ -101,7 +110,7 @@ class InterCitySync(ABC):
         return float(self.samples_since_round * self.topo.ranks_per_city)
 
     def _mean(self, flat: torch.Tensor, weight: float, key: str) -> tuple[torch.Tensor, WanBytes]:
-        return average_across_cities(flat, weight, self.groups, self.topo, key=key)
+        return average_across_cities(flat, weight, self.groups, self.topo, self.codec, self.feedback, key)
 
     def _sync_optimizer_state(self, weight: float) -> WanBytes:
         """Apply the optimizer-state policy at a round: keep local, average across cities, or reset."""
@@ -142,15 +151,31 @@ class FlatSync(InterCitySync):
 
 
 class AverageSync(InterCitySync):
-    """Local SGD: every H steps replace each city's model by the sample-weighted mean of all cities."""
+    """Local SGD: every H steps replace each city's model by the sample-weighted mean of all cities.
+
+    The exchange carries each city's move since the last consensus (params - consensus), not raw
+    parameters: the same mean for codec none, and small, well-scaled values for lossy codecs.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.consensus = self._flat_params()  # every city starts from the same initial model
 
     def _round(self) -> WanRound:
         start = time.perf_counter()
         weight = self._city_weight()
-        mean, moved = self._mean(self._flat_params(), weight, key="params")
-        self._set_params(mean)
+        mean_move, moved = self._mean(self._flat_params() - self.consensus, weight, key="params")
+        self.consensus = self.consensus + mean_move
+        self._set_params(self.consensus.clone())
         moved = moved + self._sync_optimizer_state(weight)
         return self._record(moved, time.perf_counter() - start)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "consensus": self.consensus.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.consensus = state["consensus"].to(self.consensus.device)
 
 
 class DiLoCoSync(InterCitySync):

@@ -63,6 +63,21 @@ def main_table(runs: list[BenchRun]) -> str:
     return "\n".join(rows)
 
 
+def codec_check(runs: list[BenchRun]) -> str:
+    """Each `ALGO+codec` run against plain `ALGO`: a codec that saves no bytes is a wiring bug."""
+    by = {r.method: r.outcome for r in runs}
+    lines = []
+    for method, o in by.items():
+        algo = method.split("+")[0]
+        if "+" not in method or algo not in by:
+            continue
+        ratio = by[algo].wan_bytes / max(o.wan_bytes, 1)
+        lines.append(
+            f"- [{'x' if ratio > 1.05 else ' '}] {method} sends {ratio:.2f}x fewer WAN bytes than {algo}"
+        )
+    return "\n".join(lines) or "(no codec runs)"
+
+
 def acceptance(runs: list[BenchRun]) -> str:
     """The issue's acceptance criteria, checked against the measured table."""
     by = {r.method: r.outcome for r in runs}
@@ -161,7 +176,7 @@ def write_results(
         f"- date: {started:%Y-%m-%d %H:%M} UTC "
         + ("(rebuilt from the run directories)" if seconds is None else f"(took {seconds / 60:.1f} min)"),
         f"- machine: {machine()}",
-        f"- command: `crosscity bench wan {' '.join(argv)}`",
+        f"- command: `crosscity bench wan {' '.join(a for a in argv if a != '--report-only')}`",
         f"- WAN: {args.cities} cities x {args.ranks_per_city} ranks, each city a network namespace; "
         f"{args.rate_mbit:g} Mbit/s TBF up and down per city, {args.delay_ms:g} ms one-way delay (NFQUEUE)",
         f"- training: bench/wan/config.yaml, {args.steps} steps per rank, "
@@ -181,6 +196,7 @@ def write_results(
     parts += ["", f"## Methods at {args.rate_mbit:g} Mbit/s, {args.delay_ms:g} ms", ""]
     if any(r.method == "flat" for r in main_runs):
         parts += [main_table(main_runs), "", "## Acceptance (issue 4)", "", acceptance(main_runs), ""]
+        parts += ["## Codecs against the same algorithm uncompressed", "", codec_check(main_runs), ""]
     else:
         parts += ["flat DDP did not finish: no target, no comparison.", ""]
     if len(args.sweep) > 1:

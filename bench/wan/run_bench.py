@@ -232,7 +232,9 @@ def _report_only(args: argparse.Namespace, argv: list[str], plan: list[tuple[flo
             failures.append(f"{method} @ {rate:g} Mbit/s: no finished run in {run_dir} ({exc})")
     link_path = args.out / LINK_FILE
     link = LinkReport(**json.loads(link_path.read_text())) if link_path.is_file() else None
-    write_results(args.results, args, argv, link, runs, failures, datetime.now(UTC), None)
+    configs = [_run_dir(args, rate, m) / "config.yaml" for rate, m in plan]
+    started = min((c.stat().st_mtime for c in configs if c.is_file()), default=time.time())
+    write_results(args.results, args, argv, link, runs, failures, datetime.fromtimestamp(started, UTC), None)
     print(f"[bench] results rebuilt from {args.out}: {args.results}", flush=True)
     return 1 if failures else 0
 
