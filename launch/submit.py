@@ -28,7 +28,6 @@ from train.config import Config, ConfigError, load_config, save_config
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 BODY_MARK = "### body:"
-_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 
 
 class SubmitError(RuntimeError):
@@ -42,7 +41,7 @@ class SlurmConfig:
     partition: str = ""
     account: str = ""
     qos: str = ""
-    time: str = "01:00:00"  # per city: minutes, HH:MM:SS or D-HH:MM:SS
+    time_min: int = 60  # wall-clock limit of each city, minutes (an int: YAML reads 01:00:00 as 3600)
     nodes: int = 1  # per city
     tasks_per_node: int = 0  # 0 = topology.ranks_per_city / nodes
     gpus_per_node: int = 0
@@ -70,8 +69,13 @@ class SlurmConfig:
                 f"slurm.nodes={self.nodes} x slurm.tasks_per_node={self.tasks_per_node}: must equal "
                 f"topology.ranks_per_city={ranks_per_city}"
             )
-        if not _TIME.match(self.time):
-            raise ConfigError(f"slurm.time={self.time!r}: expected minutes, HH:MM:SS or D-HH:MM:SS")
+        if self.time_min < 1:
+            raise ConfigError(f"slurm.time_min={self.time_min}: must be >= 1 (minutes)")
+        if self.signal_lead_s >= self.time_min * 60:
+            raise ConfigError(
+                f"slurm.signal_lead_s={self.signal_lead_s}: must be shorter than "
+                f"slurm.time_min={self.time_min} minutes"
+            )
         if self.coordinator != "job" and not re.match(r"^[\w.-]+:\d+$", self.coordinator):
             raise ConfigError(f"slurm.coordinator={self.coordinator!r}: allowed 'job' or HOST:PORT")
 
@@ -147,7 +151,7 @@ def resource_directives(slurm: SlurmConfig, ranks_per_city: int) -> list[str]:
         f"--nodes={slurm.nodes}",
         f"--ntasks-per-node={slurm.tasks_per_node_for(ranks_per_city)}",
         f"--cpus-per-task={slurm.cpus_per_task}",
-        f"--time={slurm.time}",
+        f"--time={slurm.time_min}",
     ]
     optional = {
         "partition": slurm.partition,
@@ -201,7 +205,7 @@ def plan_run(cfg: Config, run_dir: Path, max_array: int) -> Plan:
                 "--nodes=1",
                 "--ntasks=1",
                 "--cpus-per-task=1",
-                f"--time={slurm.time}",
+                f"--time={slurm.time_min}",
                 f"--output={run_dir}/logs/slurm/coordinator-%j.out",
                 *[
                     f"--{k}={v}"

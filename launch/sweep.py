@@ -108,7 +108,7 @@ def plan_arrays(
 ) -> list[tuple[list[str], str]]:
     """One sbatch script per chunk of at most MaxArraySize points, each throttled to %parallel."""
     slurm = slurm_config(cfg)
-    directives = [f"--cpus-per-task={point_cpus(cfg)}", "--ntasks=1", f"--time={slurm.time}"]
+    directives = [f"--cpus-per-task={point_cpus(cfg)}", "--ntasks=1", f"--time={slurm.time_min}"]
     optional = {
         "partition": slurm.partition,
         "account": slurm.account,

@@ -142,7 +142,7 @@ def test_real_mpiexec_inside_a_slurm_array(tmp_path: Path) -> None:
     states = wait_finished([f"{job}_0", f"{job}_1"], timeout_s=60)
     out = (tmp_path / "out_0.txt").read_text() + (tmp_path / "out_1.txt").read_text()
     assert {s.state for s in states.values()} == {"COMPLETED"}, out
-    assert layouts(out) == {(c, 2, r, 2) for c in range(2) for r in range(2)}
+    assert layouts(out) == {(c, 2, r, 2) for c in range(2) for r in range(2)}, out
 
 
 def test_real_torchrun(tmp_path: Path) -> None:
@@ -181,4 +181,4 @@ def test_real_mpiexec_with_mpi4py() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert layouts(done.stdout) == {(0, 2, 0, 1), (1, 2, 0, 1)}
+    assert layouts(done.stdout) == {(0, 2, 0, 1), (1, 2, 0, 1)}, done.stdout + done.stderr

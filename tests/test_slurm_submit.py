@@ -50,7 +50,7 @@ def test_resources_of_each_city() -> None:
         partition="gpu",
         account="proj",
         qos="high",
-        time="2:00:00",
+        time_min=120,
         nodes=2,
         gpus_per_node=4,
         cpus_per_task=8,
@@ -64,7 +64,7 @@ def test_resources_of_each_city() -> None:
         "--nodes=2",
         "--ntasks-per-node=4",
         "--cpus-per-task=8",
-        "--time=2:00:00",
+        "--time=120",
         "--partition=gpu",
         "--account=proj",
         "--qos=high",
@@ -78,8 +78,10 @@ def test_resources_of_each_city() -> None:
         ConfigError, match="slurm.nodes=3 x slurm.tasks_per_node=0: must equal topology.ranks_per_city=8"
     ):
         SlurmConfig(nodes=3).check(ranks_per_city=8)
-    with pytest.raises(ConfigError, match="slurm.time='soon'"):
-        SlurmConfig(time="soon").check(ranks_per_city=1)
+    with pytest.raises(ConfigError, match="slurm.time_min=0: must be >= 1"):
+        SlurmConfig(time_min=0).check(ranks_per_city=1)
+    with pytest.raises(ConfigError, match="slurm.signal_lead_s=120: must be shorter than slurm.time_min=1"):
+        SlurmConfig(time_min=1).check(ranks_per_city=1)
 
 
 @pytest.mark.slurm

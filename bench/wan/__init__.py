@@ -1,0 +1,1 @@
+"""The WAN benchmark: emulated cities (network namespaces), its runner, and its report."""
