@@ -239,7 +239,7 @@ def test_requeue_signal_requeues_only_that_city_and_resumes_exactly(
         "data.cities=north,east",
         "topology.cities=2",
         "topology.ranks_per_city=2",
-        "train.steps=24",
+        "train.steps=300",  # long enough that the signal lands mid-run even on an idle machine
         "wan.sync_every=4",
         *QUICK,
     ]
