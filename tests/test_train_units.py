@@ -13,7 +13,6 @@ from train.batches import BatchStream
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import ModelConfig
 from train.evaluate import evaluate, pool_metrics
-from train.lan_allreduce import ring_allreduce_bytes
 from train.models import build_model
 
 
@@ -81,8 +80,3 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
     assert load_checkpoint(tmp_path / "absent.pt") is None
-
-
-def test_ring_allreduce_bytes() -> None:
-    assert ring_allreduce_bytes(1000, 4, 1) == 0
-    assert ring_allreduce_bytes(1000, 4, 4) == 2 * 3 * 4000 // 4

@@ -26,8 +26,3 @@ def allreduce_gradients(model: nn.Module, group: dist.ProcessGroup, grad_dtype: 
         g.copy_(flat[offset : offset + g.numel()].view_as(g) / size)
         offset += g.numel()
     return float(flat[-1])
-
-
-def ring_allreduce_bytes(numel: int, element_size: int, members: int) -> int:
-    """Bytes one member sends in a ring all-reduce (reduce-scatter + all-gather)."""
-    return 2 * (members - 1) * numel * element_size // members if members > 1 else 0

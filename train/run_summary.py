@@ -13,8 +13,8 @@ from launch.run_report import write_report
 from train.atomic_io import atomic_write, atomic_write_text
 from train.config import Config, to_dict
 from train.evaluate import pool_metrics
-from train.lan_allreduce import ring_allreduce_bytes
 from train.metrics_log import read_records
+from train.wan_collectives import ring_allreduce_bytes
 
 
 def write_summary(
@@ -41,7 +41,7 @@ def write_summary(
     flat = (
         cfg.train.steps
         * topo.cities
-        * ring_allreduce_bytes(n_params + 1, 4, topo.cities * topo.ranks_per_city)
+        * ring_allreduce_bytes(4 * (n_params + 1), topo.cities * topo.ranks_per_city)
     )
     summary = {
         "cities": cities,

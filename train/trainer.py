@@ -25,7 +25,7 @@ from train.batches import BatchStream
 from train.checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import Config, load_config
 from train.evaluate import evaluate, pool_metrics
-from train.lan_allreduce import allreduce_gradients, ring_allreduce_bytes
+from train.lan_allreduce import allreduce_gradients
 from train.metrics_log import MetricsLog
 from train.models import build_model
 from train.process_groups import destroy_groups, init_groups, pick_backend, pick_device
@@ -35,6 +35,7 @@ from train.straggler import StragglerDetector
 from train.telemetry import start_telemetry
 from train.topology import Topology
 from train.wan_averager import InterCitySync, WanRound, build_sync
+from train.wan_collectives import ring_allreduce_bytes
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
 RESTART = -1
@@ -251,7 +252,7 @@ class Trainer:
         n = self.n_params + 1
         size = 2 if self.cfg.lan.grad_dtype != "fp32" else 4
         return (
-            ring_allreduce_bytes(n, size, self.topo.world_size)
+            ring_allreduce_bytes(n * size, self.topo.world_size)
             if first_in_city and self.topo.num_cities > 1
             else 0
         )
