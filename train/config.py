@@ -319,3 +319,29 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "to_dict", "parse_override"]
+
+
+def keys_table() -> str:
+    """Markdown table of every key, its default and what is allowed (the README's config section)."""
+    import inspect
+    import re
+
+    rows = ["| key | default | allowed / meaning |", "|---|---|---|"]
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(cls), re.M))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            allowed = (
+                " \\| ".join(map(str, typing.get_args(tp)))
+                if typing.get_origin(tp) is Literal
+                else getattr(tp, "__name__", str(tp))
+            )
+            note = f"; {comments[f.name]}" if f.name in comments else ""
+            rows.append(f"| `{section.name}.{f.name}` | `{getattr(cls(), f.name)}` | {allowed}{note} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(keys_table(), end="")
