@@ -1,7 +1,7 @@
 """`crosscity coordinator RUN_DIR`: host the rendezvous store for cities started by a batch system.
 
 The cities may start in any order and on any node; they find the store through
-RUN_DIR/coordinator.json. It lives until the run writes summary.json (or is cancelled).
+RUN_DIR/coordinator.json. It lives until every rank has finished (or the job is cancelled).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from train.atomic_io import atomic_write_text
-from train.rendezvous import COORDINATOR_FILE, advertised_host, host_store
+from train.config import load_config
+from train.rendezvous import COORDINATOR_FILE, FINISHED_KEY, advertised_host, host_store
 
 
 def main(argv: list[str]) -> int:
@@ -31,6 +32,9 @@ def main(argv: list[str]) -> int:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.run_dir / COORDINATOR_FILE, json.dumps(info))
     print(f"[coordinator] store at {info['host']}:{info['port']}", flush=True)
-    while not (args.run_dir / "summary.json").exists():
+    world = load_config(args.run_dir / "config.yaml").topology
+    ranks = world.cities * world.ranks_per_city
+    # Every rank checks in after its last collective; only then may the store go away.
+    while store.add(FINISHED_KEY, 0) < ranks:
         time.sleep(1.0)
     return 0

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.config import Config, load_config, save_config
+from train.config import Config
 from train.rendezvous import host_store
 from train.topology import Topology
 from train.trainer import EXIT_REQUEUE
@@ -30,19 +30,6 @@ KILL_GRACE_S = 5.0
 
 class LaunchError(RuntimeError):
     """A rank failed; the message names it and shows the end of its log."""
-
-
-def prepare_run_dir(
-    config: str | Path | None, overrides: list[str], run_dir: str | Path | None = None
-) -> tuple[Config, Path]:
-    """Resolve the config and write it into the run directory (the ranks read it from there)."""
-    cfg = load_config(config, overrides)
-    if run_dir is not None:
-        cfg.train.run_dir = str(run_dir)
-    path = Path(cfg.train.run_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, path / "config.yaml")
-    return cfg, path
 
 
 def _die_with_parent() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from launch.sweep import is_sweep_dir, report_main
+
 
 def main(argv: list[str]) -> int:
     target = next((a for a in argv if not a.startswith("-")), None)
-    if target is not None and (Path(target) / "sweep.json").is_file():
-        from launch.sweep import report_main
-
+    if target is not None and is_sweep_dir(Path(target)):
         return report_main(argv)
     if target is not None and not Path(target).is_dir():
         print(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from data_prep.errors import DatasetError
 from data_prep.verify import full_check, quick_check
-from launch.local_launcher import LocalLauncher, prepare_run_dir
+from launch.local_launcher import LocalLauncher
+from launch.run_dir import resolve_run
 from train.config import Config
 from train.trainer import city_names
 
@@ -29,7 +30,7 @@ def check_data(cfg: Config) -> None:
 def run_command(
     config: str | Path | None, overrides: list[str], run_dir: Path | None = None, echo: bool = True
 ) -> int:
-    cfg, path = prepare_run_dir(config, overrides, run_dir)
+    cfg, path = resolve_run(config, overrides, run_dir)
     try:
         check_data(cfg)
     except (FileNotFoundError, DatasetError) as exc:

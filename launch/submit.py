@@ -7,7 +7,7 @@ Generated sbatch scripts + `sbatch --parsable`, not submitit, because:
 - requeue of ONE array task after a checkpoint (exit 75) is two lines of the script;
 - submission is one `sbatch` per array and returns at once: nothing waits on the login node.
 Arrays longer than the cluster's MaxArraySize are split into chunks; each chunk exports its
-offset so the ranks still see the right city (launch/slurm_env.py).
+offset so the ranks still see the right city (train/topology_env.py).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from launch.job_status import JOBS_FILE
+from launch.run_dir import resolve_run
 from train.atomic_io import atomic_write_text
-from train.config import Config, ConfigError, load_config, save_config
+from train.config import Config, ConfigError, SlurmConfig, load_config
 
 SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 BODY_MARK = "### body:"
@@ -32,82 +33,6 @@ BODY_MARK = "### body:"
 
 class SubmitError(RuntimeError):
     """sbatch refused a script; the message carries its stderr."""
-
-
-@dataclass
-class SlurmConfig:
-    """Resources of EACH city (one array task); proposed as the `slurm:` section of train/config.py."""
-
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    time_min: int = 60  # wall-clock limit of each city, minutes (an int: YAML reads 01:00:00 as 3600)
-    nodes: int = 1  # per city
-    tasks_per_node: int = 0  # 0 = topology.ranks_per_city / nodes
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem: str = ""  # per node, e.g. 16G ("" = cluster default)
-    constraint: str = ""
-    signal_lead_s: int = 120  # requeue signal this many seconds before the time limit
-    coordinator: str = "job"  # "job" = a small coordinator job hosts the store; or "HOST:PORT" of one
-    extra: list[str] = field(default_factory=list)  # more sbatch options, verbatim, e.g. ["--exclusive"]
-
-    def check(self, ranks_per_city: int) -> None:
-        if self.nodes < 1:
-            raise ConfigError(f"slurm.nodes={self.nodes}: must be >= 1")
-        if (
-            self.tasks_per_node < 0
-            or self.gpus_per_node < 0
-            or self.cpus_per_task < 1
-            or self.signal_lead_s < 0
-        ):
-            raise ConfigError(
-                "slurm.tasks_per_node/gpus_per_node/signal_lead_s must be >= 0, cpus_per_task >= 1"
-            )
-        if self.tasks_per_node_for(ranks_per_city) * self.nodes != ranks_per_city:
-            raise ConfigError(
-                f"slurm.nodes={self.nodes} x slurm.tasks_per_node={self.tasks_per_node}: must equal "
-                f"topology.ranks_per_city={ranks_per_city}"
-            )
-        if self.time_min < 1:
-            raise ConfigError(f"slurm.time_min={self.time_min}: must be >= 1 (minutes)")
-        if self.signal_lead_s >= self.time_min * 60:
-            raise ConfigError(
-                f"slurm.signal_lead_s={self.signal_lead_s}: must be shorter than "
-                f"slurm.time_min={self.time_min} minutes"
-            )
-        if self.coordinator != "job" and not re.match(r"^[\w.-]+:\d+$", self.coordinator):
-            raise ConfigError(f"slurm.coordinator={self.coordinator!r}: allowed 'job' or HOST:PORT")
-
-    def tasks_per_node_for(self, ranks_per_city: int) -> int:
-        return self.tasks_per_node or max(1, ranks_per_city // self.nodes)
-
-
-def resolve_run(
-    config: str | Path, overrides: Sequence[str], run_dir: str | Path | None = None
-) -> tuple[Config, Path]:
-    """Load + validate the config and write RUN_DIR/config.yaml (what the ranks read).
-
-    Same result as launch.local_launcher.prepare_run_dir, but without importing torch: submit,
-    sweep and status run on login nodes, where a multi-second torch import is wasted.
-    """
-    cfg = load_config(config, list(overrides))
-    if run_dir is not None:
-        cfg.train.run_dir = str(run_dir)
-    path = Path(cfg.train.run_dir).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, path / "config.yaml")
-    return cfg, path
-
-
-def slurm_config(cfg: Config) -> SlurmConfig:
-    """The run's `slurm:` section (defaults until train/config.py has one)."""
-    section = getattr(cfg, "slurm", None)
-    if section is None:
-        return SlurmConfig()
-    return SlurmConfig(
-        **{k: getattr(section, k) for k in SlurmConfig.__dataclass_fields__ if hasattr(section, k)}
-    )
 
 
 def max_array_size(default: int = 1001) -> int:
@@ -147,12 +72,18 @@ def render(directives: list[str], variables: dict[str, str], body: str, comment:
 
 
 def resource_directives(slurm: SlurmConfig, ranks_per_city: int) -> list[str]:
+    """The sbatch options of one city: its nodes and tasks, then the shared placement options."""
     out = [
         f"--nodes={slurm.nodes}",
         f"--ntasks-per-node={slurm.tasks_per_node_for(ranks_per_city)}",
         f"--cpus-per-task={slurm.cpus_per_task}",
-        f"--time={slurm.time_min}",
     ]
+    return out + placement_directives(slurm) + list(slurm.extra)
+
+
+def placement_directives(slurm: SlurmConfig) -> list[str]:
+    """Time, partition, account, qos, memory, constraint and GPUs: the same for cities and sweep points."""
+    out = [f"--time={slurm.time_min}"]
     optional = {
         "partition": slurm.partition,
         "account": slurm.account,
@@ -163,7 +94,7 @@ def resource_directives(slurm: SlurmConfig, ranks_per_city: int) -> list[str]:
     out += [f"--{k}={v}" for k, v in optional.items() if v]
     if slurm.gpus_per_node:
         out.append(f"--gpus-per-node={slurm.gpus_per_node}")
-    return out + list(slurm.extra)
+    return out
 
 
 def sbatch(script: Path, *args: str) -> str:
@@ -192,7 +123,7 @@ class Plan:
 
 
 def plan_run(cfg: Config, run_dir: Path, max_array: int) -> Plan:
-    slurm = slurm_config(cfg)
+    slurm = cfg.slurm
     topo = cfg.topology
     slurm.check(topo.ranks_per_city)
     python = sys.executable
@@ -329,4 +260,4 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-__all__ = ["SlurmConfig", "Plan", "plan_run", "submit_plan", "main", "max_array_size", "chunks", "sbatch"]
+__all__ = ["Plan", "plan_run", "submit_plan", "main", "max_array_size", "chunks", "sbatch"]

@@ -23,14 +23,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from launch.job_status import FINISHED, JOBS_FILE, entry_states, load_jobs, tail_lines
+from launch.run_dir import resolve_run
 from launch.submit import (
     SubmitError,
     chunks,
     max_array_size,
+    placement_directives,
     render,
-    resolve_run,
     sbatch,
-    slurm_config,
     template_body,
     write_jobs,
 )
@@ -74,7 +74,7 @@ def point_name(index: int) -> str:
 
 def point_cpus(cfg: Config) -> int:
     """A point runs every rank of its run on one node (the local launcher)."""
-    return cfg.topology.cities * cfg.topology.ranks_per_city * slurm_config(cfg).cpus_per_task
+    return cfg.topology.cities * cfg.topology.ranks_per_city * cfg.slurm.cpus_per_task
 
 
 def prepare_points(
@@ -107,25 +107,14 @@ def plan_arrays(
     cfg: Config, sweep_dir: Path, names: list[str], parallel: int, max_array: int
 ) -> list[tuple[list[str], str]]:
     """One sbatch script per chunk of at most MaxArraySize points, each throttled to %parallel."""
-    slurm = slurm_config(cfg)
-    directives = [f"--cpus-per-task={point_cpus(cfg)}", "--ntasks=1", f"--time={slurm.time_min}"]
-    optional = {
-        "partition": slurm.partition,
-        "account": slurm.account,
-        "qos": slurm.qos,
-        "mem": slurm.mem,
-        "constraint": slurm.constraint,
-    }
-    directives += [f"--{k}={v}" for k, v in optional.items() if v]
-    if slurm.gpus_per_node:
-        directives.append(f"--gpus-per-node={slurm.gpus_per_node}")
+    directives = [f"--cpus-per-task={point_cpus(cfg)}", "--ntasks=1", *placement_directives(cfg.slurm)]
     scripts = []
     for part in chunks(names, max_array):
         head = [
             f"--job-name=crosscity-sweep-{sweep_dir.name}",
             f"--array=0-{len(part) - 1}%{parallel}",
             *directives,
-            *slurm.extra,
+            *cfg.slurm.extra,
             f"--output={sweep_dir}/logs/%A_%a.out",
         ]
         variables = {"SWEEP_DIR": str(sweep_dir), "POINTS": " ".join(part)}

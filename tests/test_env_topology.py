@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from launch.slurm_env import detect_topology, expand_hostlist, rendezvous_from_env
+from train.topology_env import detect_topology, expand_hostlist, rendezvous_from_env
 from tests.test_slurm_cluster import REPO, require_slurm, sbatch, wait_finished
 from train.topology import Topology, TopologyError
 
 PROBE = """
 import json, sys
 sys.path.insert(0, {repo!r})
-from launch.slurm_env import detect_topology
+from train.topology_env import detect_topology
 t = detect_topology()
 print("TOPO", json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]))
 """
@@ -167,7 +167,7 @@ def test_real_mpiexec_with_mpi4py() -> None:
     # Each rank checks the launcher-variable path and the mpi4py path against COMM_WORLD.
     script = (
         f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from mpi4py import MPI; "
-        "from launch.slurm_env import detect_topology, from_mpi; import os; c = MPI.COMM_WORLD; "
+        "from train.topology_env import detect_topology, from_mpi; import os; c = MPI.COMM_WORLD; "
         "a = detect_topology(); b = from_mpi({'CROSSCITY_NUM_CITIES': '2'}); "
         "assert (a.local_rank, a.ranks_per_city) == (c.Get_rank(), c.Get_size()), a; "
         "print('TOPO', json.dumps([b.city, b.num_cities, b.local_rank, b.ranks_per_city]))"

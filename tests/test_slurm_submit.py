@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from launch.job_status import format_rows
-from launch.submit import SlurmConfig, plan_run, resource_directives, write_jobs
+from launch.submit import plan_run, resource_directives, write_jobs
 from tests.test_env_topology import require_mpiexec
 from tests.test_slurm_cluster import DEV_CLUSTER, REPO, max_array_size, require_slurm, sbatch, wait_finished
-from train.config import ConfigError, load_config
+from train.config import ConfigError, SlurmConfig, load_config
 
 CONFIG = REPO / "configs" / "beijing_mlp.yaml"
 QUICK = [

@@ -8,6 +8,7 @@ exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,55 @@ class MonitorConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """Resources of EACH city (one Slurm array task); read by `crosscity submit` and `crosscity sweep`."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 60  # wall-clock limit of each city, minutes (an int: YAML reads 01:00:00 as 3600)
+    nodes: int = 1  # per city
+    tasks_per_node: int = 0  # 0 = topology.ranks_per_city / nodes
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem: str = ""  # per node, e.g. 16G ("" = cluster default)
+    constraint: str = ""
+    signal_lead_s: int = 120  # requeue signal this many seconds before the time limit
+    coordinator: str = "job"  # "job" = a small coordinator job hosts the store; or "HOST:PORT" of one
+    extra: list[str] = field(default_factory=list)  # more sbatch options, verbatim, e.g. ["--exclusive"]
+
+    def check(self, ranks_per_city: int) -> None:
+        if self.nodes < 1:
+            raise ConfigError(f"slurm.nodes={self.nodes}: must be >= 1")
+        if (
+            self.tasks_per_node < 0
+            or self.gpus_per_node < 0
+            or self.cpus_per_task < 1
+            or self.signal_lead_s < 0
+        ):
+            raise ConfigError(
+                "slurm.tasks_per_node/gpus_per_node/signal_lead_s must be >= 0, cpus_per_task >= 1"
+            )
+        if self.tasks_per_node_for(ranks_per_city) * self.nodes != ranks_per_city:
+            raise ConfigError(
+                f"slurm.nodes={self.nodes} x slurm.tasks_per_node={self.tasks_per_node}: must equal "
+                f"topology.ranks_per_city={ranks_per_city}"
+            )
+        if self.time_min < 1:
+            raise ConfigError(f"slurm.time_min={self.time_min}: must be >= 1 (minutes)")
+        if self.signal_lead_s >= self.time_min * 60:
+            raise ConfigError(
+                f"slurm.signal_lead_s={self.signal_lead_s}: must be shorter than "
+                f"slurm.time_min={self.time_min} minutes"
+            )
+        if self.coordinator != "job" and not re.match(r"^[\w.-]+:\d+$", self.coordinator):
+            raise ConfigError(f"slurm.coordinator={self.coordinator!r}: allowed 'job' or HOST:PORT")
+
+    def tasks_per_node_for(self, ranks_per_city: int) -> int:
+        return self.tasks_per_node or max(1, ranks_per_city // self.nodes)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -112,9 +162,11 @@ class Config:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self) -> None:
         """Cross-field rules that a single type cannot express."""
+        self.slurm.check(self.topology.ranks_per_city)
         positive = {
             "data.past_hours": self.data.past_hours,
             "data.horizon_hours": self.data.horizon_hours,
@@ -324,7 +376,6 @@ __all__ = ["Config", "ConfigError", "load_config", "save_config", "to_dict", "pa
 def keys_table() -> str:
     """Markdown table of every key, its default and what is allowed (the README's config section)."""
     import inspect
-    import re
 
     rows = ["| key | default | allowed / meaning |", "|---|---|---|"]
     for section in dataclasses.fields(Config):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 COORDINATOR_FILE = "coordinator.json"
+FINISHED_KEY = "finished_ranks"  # each rank adds 1 when it is done with the store
 
 
 def host_store(host: str = "0.0.0.0", port: int = 0) -> dist.TCPStore:

@@ -6,7 +6,6 @@ launcher may number ranks however it likes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,19 +42,10 @@ class Topology:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Topology:
-        """Read the layout the launcher exported (`CROSSCITY_*`)."""
-        env = os.environ if env is None else env
-        keys = ("CROSSCITY_CITY", "CROSSCITY_NUM_CITIES", "CROSSCITY_LOCAL_RANK", "CROSSCITY_RANKS_PER_CITY")
-        missing = [k for k in keys if k not in env]
-        if missing:
-            raise TopologyError(
-                f"environment lacks {', '.join(missing)}; start ranks with a crosscity launcher"
-            )
-        try:
-            values = [int(env[k]) for k in keys]
-        except ValueError as exc:
-            raise TopologyError(f"non-integer topology variable: {exc}") from None
-        return cls(*values)
+        """From whatever started this rank: CROSSCITY_*, torchrun, Slurm or MPI (train/topology_env.py)."""
+        from train.topology_env import detect_topology
+
+        return detect_topology(env)
 
     def to_env(self) -> dict[str, str]:
         return {

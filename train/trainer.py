@@ -29,7 +29,7 @@ from train.lan_allreduce import allreduce_gradients
 from train.metrics_log import MetricsLog
 from train.models import build_model
 from train.process_groups import destroy_groups, init_groups, pick_backend, pick_device
-from train.rendezvous import advance_generation, connect_store, generation, generation_store
+from train.rendezvous import FINISHED_KEY, advance_generation, connect_store, generation, generation_store
 from train.run_summary import write_summary
 from train.straggler import StragglerDetector
 from train.telemetry import start_telemetry
@@ -388,6 +388,8 @@ def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
     store = connect_store(run_dir)
     while True:
         code = Trainer(run_dir, cfg, topo, store, stop).run()
+        if code == 0:
+            store.add(FINISHED_KEY, 1)
         if code != RESTART:
             return code
         stop.raised = False

@@ -27,7 +27,8 @@ from bench.wan.emulator import WanEmulator  # noqa: E402
 from bench.wan.link_probe import LinkReport, probe  # noqa: E402
 from bench.wan.results_report import BenchRun, mb, write_results  # noqa: E402
 from bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome  # noqa: E402
-from launch.local_launcher import LocalLauncher, prepare_run_dir  # noqa: E402
+from launch.local_launcher import LocalLauncher  # noqa: E402
+from launch.run_dir import resolve_run  # noqa: E402
 from train.atomic_io import atomic_write_text  # noqa: E402
 
 BASE_CONFIG = Path(__file__).with_name("config.yaml")
@@ -62,7 +63,7 @@ def run_method(
     if method not in METHODS:
         raise BenchError(f"unknown method {method!r}: allowed {', '.join(METHODS)}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
-    cfg, path = prepare_run_dir(config, [*overrides, *METHODS[method]], run_dir)
+    cfg, path = resolve_run(config, [*overrides, *METHODS[method]], run_dir)
     if cfg.topology.cities != wan.cities:
         raise BenchError(
             f"topology.cities={cfg.topology.cities} but the emulated WAN has {wan.cities} cities"

@@ -127,7 +127,7 @@ def detect_topology(env: Mapping[str, str] | None = None) -> Topology:
     """CROSSCITY_* (complete) > torchrun > Slurm step > MPI; error naming what was looked for."""
     env = os.environ if env is None else env
     keys = (_CITY, _NUM_CITIES, _LOCAL_RANK, _RANKS_PER_CITY)
-    if all(k in env for k in keys):  # built here, not via Topology.from_env, which may delegate to us
+    if all(k in env for k in keys):
         return Topology(*(_int(env, k) for k in keys))
     # torchrun inside a Slurm job also has SLURM_PROCID (of the torchrun process): torchrun wins.
     if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env and "SLURM_PROCID" not in env):
