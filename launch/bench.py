@@ -28,5 +28,6 @@ def main(argv: list[str]) -> int:
     spec = importlib.util.spec_from_file_location(f"crosscity_bench_{argv[0]}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return int(module.main(argv[1:]) or 0)

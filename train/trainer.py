@@ -147,6 +147,7 @@ class Trainer:
         self.state = RankState()
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.pending_vote: tuple[Any, torch.Tensor, bool] | None = None
         self.interval = StepInterval()
         mon = cfg.monitor
         self.stragglers = StragglerDetector.per_check(
@@ -257,21 +258,33 @@ class Trainer:
             else 0
         )
 
-    def _agree_to_stop(self, votes: float, at_round: bool) -> tuple[bool, bool]:
-        """(stop now?, is my city the one leaving?). Cities agree only at rounds: no extra WAN trips."""
-        if self.flat:  # the world all-reduce already carried every rank's vote
+    def _agree_to_stop(self, votes: float, at_boundary: bool) -> tuple[bool, bool]:
+        """(stop now?, is my city the one leaving?), the same answer on every rank at the same step.
+
+        Cities vote at each round boundary with a background all-reduce and act on the result at
+        the next boundary: the vote never blocks training on a WAN round trip, and a preemption
+        notice (minutes ahead) easily covers one period.
+        """
+        if self.flat:  # the world gradient all-reduce already carried every rank's vote
             return votes > 0, self.stop.raised
-        mine = votes > 0
-        if not at_round:
+        if not at_boundary:
             return False, False
-        flag = torch.tensor([1.0 if mine else 0.0], device=self.device)
-        dist.all_reduce(flag, group=self.groups.world)
-        return bool(flag.item() > 0), mine
+        if self.pending_vote is not None:
+            work, flag, mine = self.pending_vote
+            work.wait()
+            self.pending_vote = None
+            if flag.item() > 0:
+                return True, mine
+        flag = torch.tensor([1.0 if votes > 0 else 0.0], device=self.device)
+        self.pending_vote = (dist.all_reduce(flag, group=self.groups.world, async_op=True), flag, votes > 0)
+        return False, False
 
     def evaluate_city(self) -> dict[str, float]:
+        start = time.perf_counter()
         sums = evaluate(self.model, self.val_ds, max_windows=self.cfg.train.max_val_windows)
         metrics = pool_metrics([sums])
-        self.log.write("eval", split="val", city_name=self.city_name, **metrics)
+        seconds = time.perf_counter() - start
+        self.log.write("eval", split="val", city_name=self.city_name, seconds=seconds, **metrics)
         return sums
 
     def run(self) -> int:
@@ -280,6 +293,12 @@ class Trainer:
         flat_bytes = self._flat_step_bytes() if self.flat else 0
         while self.state.step < cfg.train.steps:
             m = self.train_step()
+            t0 = time.perf_counter()
+            boundary = self.flat or self.sync.schedule.is_round(self.state.step)
+            stop, leaving = self._agree_to_stop(m["votes"], boundary)
+            vote_s = time.perf_counter() - t0
+            m["t_wan"] += vote_s
+            m["t_step"] += vote_s
             if self.flat and flat_bytes:
                 self.log.write(
                     "wan",
@@ -297,8 +316,6 @@ class Trainer:
                 if self.topo.global_rank == 0 and time.perf_counter() - last_log > 5:
                     last_log = time.perf_counter()
                     progress(self.state.step, cfg.train.steps, time.perf_counter() - t_start, m["loss"])
-            boundary = self.flat or self.sync.schedule.is_round(self.state.step)
-            stop, leaving = self._agree_to_stop(m["votes"], boundary)
             if stop:
                 return self._stop_for_requeue(leaving)
             if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
@@ -353,6 +370,8 @@ class Trainer:
         return EXIT_REQUEUE if leaving else RESTART
 
     def _finish(self, wall_s: float) -> int:
+        if self.pending_vote is not None:
+            self.pending_vote[0].wait()  # training is over: a late vote changes nothing
         final = self.sync.finish()
         if final is not None:
             self._log_round(final)
