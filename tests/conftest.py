@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from data_prep import cli as prep_cli
 from data_prep.datasets import beijing_files
+
+# Tests run as `.venv/bin/python -m pytest` without an activated venv: put the interpreter's bin
+# folder first on PATH so its console scripts (torchrun, mpiexec, crosscity) are found, by the tests
+# and by the Slurm jobs they submit with --export=ALL.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 PRESETS = Path(prep_cli.__file__).parent / "presets"
 SMALL_ROWS = 2000  # hours per station: enough windows for a few hundred steps, prep in ~1 s
