@@ -65,7 +65,7 @@ def _as_codec(codec: Codec | str | None) -> Codec:
 def _pack(payload: list[torch.Tensor], weight: float) -> torch.Tensor:
     """All payload tensors and the weight as one byte vector: one all_gather per exchange."""
     parts = [t.contiguous().view(torch.uint8) for t in payload]
-    parts.append(torch.tensor([weight], dtype=torch.float32).view(torch.uint8))
+    parts.append(torch.tensor([weight], dtype=torch.float32, device=parts[0].device).view(torch.uint8))
     return torch.cat(parts)
 
 
@@ -80,7 +80,7 @@ def _unpack(codec: Codec, raw: torch.Tensor, numel: int) -> tuple[list[torch.Ten
 
 def _mean_of(codec: Codec, rows: list[torch.Tensor], numel: int, key: str) -> tuple[torch.Tensor, float]:
     """Weighted mean of the packed payloads in `rows` (members in group order) and their total weight."""
-    summed, total = torch.zeros(numel, dtype=torch.float64), 0.0
+    summed, total = torch.zeros(numel, dtype=torch.float64, device=rows[0].device), 0.0
     for raw in rows:
         payload, weight = _unpack(codec, raw, numel)
         if weight > 0:
@@ -104,7 +104,7 @@ def _all_gather_rows(mine: torch.Tensor, group: dist.ProcessGroup, members: int)
 def _ring_mean(
     x: torch.Tensor, weight: float, group: dist.ProcessGroup, members: int, key: str
 ) -> tuple[torch.Tensor, int]:
-    packed = torch.cat([x * weight, torch.tensor([weight], dtype=torch.float32)])
+    packed = torch.cat([x * weight, torch.tensor([weight], dtype=torch.float32, device=x.device)])
     dist.all_reduce(packed, group=group)
     if packed[-1] <= 0:
         raise ValueError(
@@ -144,7 +144,7 @@ def _two_hop_mean(
     width = bounds[0][1] - bounds[0][0]
     send = []
     for j, (a, b) in enumerate(bounds):
-        chunk = torch.zeros(width)
+        chunk = torch.zeros(width, device=x.device)
         chunk[: b - a] = x[a:b]  # zero padding changes no chunk's scale
         send.append(_pack(_encode(codec, chunk, feedback, f"{key}/chunk{j}"), weight))
     sent = torch.cat(send)
@@ -206,7 +206,7 @@ def gather_stripes(stripe: torch.Tensor, numel: int, group: dist.ProcessGroup, p
     if parts == 1:
         return stripe
     width = stripe_bounds(numel, parts, 0)[1]
-    padded = torch.zeros(width, dtype=stripe.dtype)
+    padded = torch.zeros(width, dtype=stripe.dtype, device=stripe.device)
     padded[: stripe.numel()] = stripe
     pieces = [torch.empty_like(padded) for _ in range(parts)]
     dist.all_gather(pieces, padded, group=group)
