@@ -52,6 +52,7 @@ def run_demo(out: Path, overrides: list[str]) -> int:
     summary = json.loads((out / "summary.json").read_text())
     print(format_summary(summary, time.perf_counter() - start))
     print(
-        f"[demo] run directory: {out} (config.yaml, metrics/, final/model.pt, summary.json, report.md, plots/)"
+        f"[demo] run directory: {out} "
+        "(config.yaml, metrics/, final/model.pt, summary.json, report.md, plots/)"
     )
     return 0
