@@ -440,7 +440,27 @@ def _section_wan(run: Run) -> str:
         f"- rounds: {rounds:,}; codec: {', '.join(codecs)}\n"
         f"- bytes sent {sent / 1e6:,.2f} MB, received {recv / 1e6:,.2f} MB (all ranks)\n"
         f"- mean seconds per round and rank: {_mean(r.get('seconds') for r in wan):.3f}"
+        + _overlap_hint(run, wan)
     )
+
+
+def _overlap_hint(run: Run, wan: Records) -> str:
+    """Streaming hides an exchange only if tau steps outlast it; say so when merges had to wait."""
+    merges = [r for r in wan if "blocked_s" in r]
+    if not merges:
+        return ""
+    step_s = _mean(r["t_step"] for r in run.by_kind["train"] if "t_step" in r)
+    exchange_s = _mean(r["seconds"] for r in merges)
+    blocked = [r["blocked_s"] for r in merges if r["blocked_s"] > 0.1 * step_s]
+    line = (
+        f"\n- streaming: exchanges take {exchange_s:.3f} s on average (~{exchange_s / step_s:.1f} steps of "
+        f"{1000 * step_s:.0f} ms); {len(blocked)} of {len(merges)} merges (all ranks) waited, "
+        f"{sum(blocked):.2f} s in all"
+    )
+    tau = merges[0].get("overlap_steps", 0)
+    if blocked and exchange_s > tau * step_s:
+        line += f"; raise wan.overlap_steps (now {tau}) to >= {math.ceil(exchange_s / step_s)} to hide them"
+    return line
 
 
 def _section_devices(run: Run) -> str:

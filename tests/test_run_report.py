@@ -273,3 +273,19 @@ def test_monitor_records_written_by_metrics_log_reach_the_report(tmp_path):
     assert {p.stem for p in pngs} == {"loss", "step_time", "host_cpu", "host_rss"}
     md = (tmp_path / "report.md").read_text()
     assert "| city 0 | 5 | 40 | 0.20 |" in md and "| 1 |" in md.split("host samples")[1]
+
+
+def test_streaming_hint_names_the_overlap_that_would_hide_the_exchange():
+    from types import SimpleNamespace
+
+    from launch.run_report import _overlap_hint
+
+    train = [{"t_step": 0.05}] * 10
+    late = [{"seconds": 0.6, "blocked_s": 0.3, "overlap_steps": 4}] * 3
+    hint = _overlap_hint(SimpleNamespace(by_kind={"train": train}), late)
+    assert "3 of 3 merges (all ranks) waited, 0.90 s" in hint
+    assert "raise wan.overlap_steps (now 4) to >= 12" in hint
+    hidden = [{"seconds": 0.1, "blocked_s": 0.0, "overlap_steps": 4}] * 3
+    hint = _overlap_hint(SimpleNamespace(by_kind={"train": train}), hidden)
+    assert "0 of 3 merges" in hint and "raise" not in hint
+    assert _overlap_hint(SimpleNamespace(by_kind={"train": train}), [{"seconds": 1.0}]) == ""

@@ -15,7 +15,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default="10,50,200", help="rates (Mbit/s) for the sweep table; '' = none")
     p.add_argument("--sweep-methods", default=",".join(SWEEP_METHODS))
     p.add_argument(
-        "--sweep-steps", type=int, default=100, help="inner steps per rank at the other sweep rates"
+        "--sweep-steps", type=int, default=100, help="inner steps per rank of every sweep run (all rates)"
     )
     p.add_argument("--data", type=Path, default=Path("runs/bench_wan/data"), help="prepared Beijing data")
     p.add_argument("--out", type=Path, default=Path("runs/bench_wan"), help="run directories go here")
@@ -133,7 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args: argparse.Namespace) -> list[tuple[float, str]]:
+@dataclass(frozen=True)
+class Job:
+    rate: float
+    method: str
+    steps: int
+    sweep: bool  # a rate-sweep run: all rates at --sweep-steps, its own run directory
+
+
+def _plan(args: argparse.Namespace) -> list[Job]:
     methods = [m for m in args.methods.split(",") if m]
     sweep_methods = [m for m in args.sweep_methods.split(",") if m]
     for m in [*methods, *sweep_methods]:
@@ -141,10 +149,10 @@ def _plan(args: argparse.Namespace) -> list[tuple[float, str]]:
             raise BenchError(f"--methods/--sweep-methods: unknown method {m!r}; allowed {', '.join(METHODS)}")
     if "flat" not in methods:
         raise BenchError("--methods must include flat: it defines the target and the baseline")
-    plan = [(args.rate_mbit, m) for m in methods]
-    for rate in args.sweep:
-        if rate != args.rate_mbit:
-            plan += [(rate, m) for m in dict.fromkeys(["flat", *sweep_methods])]
+    plan = [Job(args.rate_mbit, m, args.steps, False) for m in methods]
+    for rate in args.sweep if len(args.sweep) > 1 else []:
+        if rate != args.rate_mbit or args.sweep_steps != args.steps:  # else the main runs serve
+            plan += [Job(rate, m, args.sweep_steps, True) for m in dict.fromkeys(["flat", *sweep_methods])]
     return plan
 
 
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]]) -> int:
+def _run(args: argparse.Namespace, argv: list[str], plan: list[Job]) -> int:
     started, clock = datetime.now(UTC), time.monotonic()
     common = [
         f"data.dir={args.data.resolve()}",
@@ -182,7 +190,7 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
     attempted = 0
     link = None
     for rate in args.sweep:
-        todo = [m for r, m in plan if r == rate]
+        todo = [job for job in plan if job.rate == rate]
         if not todo:
             continue
         with WanEmulator(args.cities, rate, args.delay_ms) as wan:
@@ -190,21 +198,21 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
                 link = probe(wan)
                 print(f"[bench] link check at {rate:g} Mbit/s: {link}", flush=True)
                 atomic_write_text(args.out / LINK_FILE, json.dumps(asdict(link)))
-            for method in todo:
-                run_dir = _run_dir(args, rate, method)
-                t = time.monotonic()
-                steps = args.steps if rate == args.rate_mbit else args.sweep_steps
+            for job in todo:
+                method, t = job.method, time.monotonic()
                 attempted += 1
                 try:
-                    outcome = run_method(wan, method, run_dir, [*common, f"train.steps={steps}"])
+                    overrides = [*common, f"train.steps={job.steps}"]
+                    outcome = run_method(wan, method, _run_dir(args, job), overrides)
                 except (BenchError, ValueError) as exc:  # one broken method must not void the others
                     failures.append(f"{method} @ {rate:g} Mbit/s: {exc}")
                     print(f"[bench] FAILED {failures[-1]}", flush=True)
                     continue
-                runs.append(BenchRun(method, rate, outcome))
+                runs.append(BenchRun(method, rate, outcome, job.sweep))
                 eta = (time.monotonic() - clock) / attempted * (len(plan) - attempted)
                 print(
-                    f"[bench] {attempted}/{len(plan)} {method} @ {rate:g} Mbit/s: "
+                    f"[bench] {attempted}/{len(plan)} {method} @ {rate:g} Mbit/s"
+                    f"{' (sweep)' if job.sweep else ''}: "
                     f"{time.monotonic() - t:.0f} s, "
                     f"val RMSE {outcome.final_rmse:.3f}, WAN {mb(outcome.wan_bytes)} MB, "
                     f"train {outcome.train_s:.1f} s, util {100 * outcome.compute_util:.0f}%; "
@@ -219,21 +227,21 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]
     return 1 if failures else 0
 
 
-def _run_dir(args: argparse.Namespace, rate: float, method: str) -> Path:
-    return args.out / f"{rate:g}mbit" / method.replace("+", "_")
+def _run_dir(args: argparse.Namespace, job: Job) -> Path:
+    return args.out / ("sweep" if job.sweep else "") / f"{job.rate:g}mbit" / job.method.replace("+", "_")
 
 
-def _report_only(args: argparse.Namespace, argv: list[str], plan: list[tuple[float, str]]) -> int:
+def _report_only(args: argparse.Namespace, argv: list[str], plan: list[Job]) -> int:
     runs, failures = [], []
-    for rate, method in plan:
-        run_dir = _run_dir(args, rate, method)
+    for job in plan:
+        run_dir = _run_dir(args, job)
         try:
-            runs.append(BenchRun(method, rate, read_outcome(run_dir)))
+            runs.append(BenchRun(job.method, job.rate, read_outcome(run_dir), job.sweep))
         except (OSError, ValueError) as exc:
-            failures.append(f"{method} @ {rate:g} Mbit/s: no finished run in {run_dir} ({exc})")
+            failures.append(f"{job.method} @ {job.rate:g} Mbit/s: no finished run in {run_dir} ({exc})")
     link_path = args.out / LINK_FILE
     link = LinkReport(**json.loads(link_path.read_text())) if link_path.is_file() else None
-    configs = [_run_dir(args, rate, m) / "config.yaml" for rate, m in plan]
+    configs = [_run_dir(args, job) / "config.yaml" for job in plan]
     started = min((c.stat().st_mtime for c in configs if c.is_file()), default=time.time())
     write_results(args.results, args, argv, link, runs, failures, datetime.fromtimestamp(started, UTC), None)
     print(f"[bench] results rebuilt from {args.out}: {args.results}", flush=True)

@@ -10,9 +10,12 @@ definitions live in one place (and docs/wan_emulation.md quotes them):
 - validation curve: at each step where every city evaluated, the cities' RMSEs pooled by their
   window counts; its time is the slowest city's.
 - time to target: the first point of the curve at or below the target RMSE (flat DDP's final).
-- compute utilisation: per rank, (t_data + t_compute) / t_step summed over all steps, averaged over
-  ranks; everything else inside a step is waiting for the LAN or the WAN. Also reported: the
-  WAN-free share, 1 - t_wan / t_step (the time not stalled on inter-city traffic).
+- compute utilisation: per rank, 1 - t_wan / t_step summed over all steps, averaged over ranks:
+  the share of wall time spent in inner steps (data, forward/backward, the city's LAN all-reduce,
+  optimizer) rather than stalled on inter-city traffic. This is the Streaming DiLoCo paper's
+  definition (an inner step includes the intra-datacenter all-reduce). Also reported: the
+  own-compute share, (t_data + t_compute) / t_step, which on a host with fewer cores than ranks
+  is capped by CPU contention (peers' compute shows up as LAN waiting) for every method alike.
 - WAN bytes: `bytes_sent` of the `wan` records (the trainer's exact accounting), and, when the
   bench measured it, the IP bytes that really crossed the emulated WAN (`wire_bytes`).
 """
@@ -39,8 +42,8 @@ class RunOutcome:
     curve: list[tuple[float, int, float]]  # (training seconds, step, pooled val RMSE)
     wan_bytes: int  # accounted by the trainer, all ranks
     wire_bytes: int | None  # measured on the emulated WAN, all cities
-    compute_util: float
-    wan_free: float  # 1 - t_wan / t_step: on a shared 2-core host, LAN waits are mostly CPU contention
+    compute_util: float  # 1 - t_wan / t_step: inner steps (LAN included) vs stalled on the WAN
+    own_compute: float  # (t_data + t_compute) / t_step: capped by CPU contention on a shared host
     wan_rounds: int
 
     def time_to(self, target_rmse: float) -> float | None:
@@ -97,7 +100,7 @@ def validation_curve(run_dir: Path) -> list[tuple[float, int, float]]:
 
 
 def step_shares(run_dir: Path) -> tuple[float, float]:
-    """(compute utilisation, share of step time not spent in the WAN), both averaged over ranks."""
+    """(compute utilisation, own-compute share), both averaged over ranks (module docstring)."""
     per_rank: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for r in read_records(run_dir, "train"):
         sums = per_rank[r["global_rank"]]
@@ -105,9 +108,9 @@ def step_shares(run_dir: Path) -> tuple[float, float]:
         sums[1] += r["t_wan"]
         sums[2] += r["t_step"]
     n = max(len(per_rank), 1)
-    util = sum(busy / max(total, 1e-12) for busy, _, total in per_rank.values()) / n
-    wan_free = sum(1 - wan / max(total, 1e-12) for _, wan, total in per_rank.values()) / n
-    return util, wan_free
+    util = sum(1 - wan / max(total, 1e-12) for _, wan, total in per_rank.values()) / n
+    own = sum(busy / max(total, 1e-12) for busy, _, total in per_rank.values()) / n
+    return util, own
 
 
 def read_outcome(run_dir: Path) -> RunOutcome:
@@ -119,7 +122,7 @@ def read_outcome(run_dir: Path) -> RunOutcome:
     bench_path = run_dir / BENCH_FILE
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else {}
     curve = validation_curve(run_dir)
-    util, wan_free = step_shares(run_dir)
+    util, own = step_shares(run_dir)
     wan = read_records(run_dir, "wan")
     return RunOutcome(
         method=bench.get("method", summary["algorithm"]),
@@ -129,6 +132,6 @@ def read_outcome(run_dir: Path) -> RunOutcome:
         wan_bytes=sum(r["bytes_sent"] for r in wan),
         wire_bytes=sum(bench["wire_bytes"]) if "wire_bytes" in bench else None,
         compute_util=util,
-        wan_free=wan_free,
+        own_compute=own,
         wan_rounds=summary["wan_rounds"],
     )
