@@ -16,7 +16,7 @@ from train.config import ConfigError
 # name -> (module with `main(argv) -> int`, one-line description)
 DELEGATED = {
     "prep": ("data_prep.cli", "raw CSV -> per-city HDF5 shards (also: prep append, prep verify)"),
-    "submit": ("launch.submit", "submit the cities as a Slurm job array (generated sbatch scripts)"),
+    "submit": ("launch.submit", "submit the cities as Slurm job arrays (sbatch scripts, or --via submitit)"),
     "sweep": ("launch.sweep", "hyperparameter sweep as one throttled Slurm array (or --local)"),
     "status": ("launch.job_status", "state, step and last log line of each city of a run"),
     "report": ("launch.report", "Markdown summary and plots of a run or a sweep"),

@@ -1,13 +1,15 @@
-"""`crosscity submit CONFIG [key=value ...] [--dry-run]`: the cities of a run as one Slurm job array.
+"""`crosscity submit CONFIG [key=value ...] [--dry-run] [--via submitit]`: a run's cities as Slurm arrays.
 
-Generated sbatch scripts + `sbatch --parsable`, not submitit, because:
+By default generated sbatch scripts + `sbatch --parsable`, not submitit, because:
 - the scripts ARE the documented templates (slurm/city.sbatch, slurm/coordinator.sbatch) with the
   resources filled in, so `--dry-run` prints exactly what runs and a user can re-`sbatch` them;
 - no pickled callables and no `sacct` dependency: state comes from `launch.job_status`;
 - requeue of ONE array task after a checkpoint (exit 75) is two lines of the script;
 - submission is one `sbatch` per array and returns at once: nothing waits on the login node.
-Arrays longer than the cluster's MaxArraySize are split into chunks; each chunk exports its
-offset so the ranks still see the right city (train/topology_env.py).
+Cities whose resolved resources (slurm.per_city) are identical share one array; arrays longer
+than the cluster's MaxArraySize are split; each array exports its list of cities so every task
+still sees the right city (train/topology_env.py). `--via submitit` submits the same jobs through
+submitit instead (launch/submitit_jobs.py, the Python API).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +30,29 @@ from launch.run_dir import resolve_run
 from train.atomic_io import atomic_write_text
 from train.config import Config, ConfigError, SlurmConfig, load_config
 
-SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+# The templates: slurm/ of this checkout (or an editable install), else the copy a wheel installs
+# under <prefix>/share/crosscity/slurm (setup.cfg data_files; the top-level slurm/ is no package).
+TEMPLATE_DIRS = (
+    Path(__file__).resolve().parents[1] / "slurm",
+    *(
+        Path(sysconfig.get_path("data", scheme)) / "share" / "crosscity" / "slurm"
+        for scheme in dict.fromkeys([sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")])
+    ),
+)
 BODY_MARK = "### body:"
 
 
 class SubmitError(RuntimeError):
     """sbatch refused a script; the message carries its stderr."""
+
+
+def exit_code(command: str, exc: ConfigError | SubmitError) -> int:
+    """One line on stderr; exit 2 for bad input (the config), 1 when Slurm refused (submit, sweep)."""
+    if isinstance(exc, ConfigError):
+        print(f"{command}: config error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{command}: {exc}", file=sys.stderr)
+    return 1
 
 
 def max_array_size(default: int = 1001) -> int:
@@ -54,12 +74,21 @@ def chunks(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def template_path(name: str) -> Path:
+    """slurm/NAME from the first template folder that has it."""
+    for folder in TEMPLATE_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"sbatch template {name} not found in {', '.join(map(str, TEMPLATE_DIRS))}")
+
+
 def template_body(name: str) -> str:
     """Everything after the body mark of slurm/NAME: the part generated scripts share with the template."""
-    text = (SLURM_DIR / name).read_text()
+    path = template_path(name)
+    text = path.read_text()
     at = text.find(BODY_MARK)
     if at < 0:
-        raise FileNotFoundError(f"{SLURM_DIR / name}: no '{BODY_MARK}' line")
+        raise FileNotFoundError(f"{path}: no '{BODY_MARK}' line")
     return text[text.index("\n", at) + 1 :]
 
 
@@ -114,52 +143,121 @@ def write_jobs(folder: Path, jobs: dict) -> None:
 
 
 @dataclass
+class CityArray:
+    """Cities with identical resolved resources: one Slurm array, task i runs cities[i]."""
+
+    cities: list[int]
+    slurm: SlurmConfig
+
+
+def city_arrays(cfg: Config, max_array: int) -> list[CityArray]:
+    """Group the cities by their resources (slurm.per_city), in order of each group's first city;
+    split every group at MaxArraySize."""
+    resolved = cfg.slurm.for_cities(cfg.topology.ranks_per_city, cfg.topology.cities, cfg.data.cities)
+    groups: list[tuple[SlurmConfig, list[int]]] = []
+    for city, slurm in enumerate(resolved):
+        members = next((m for res, m in groups if res == slurm), None)
+        if members is None:
+            groups.append((slurm, [city]))
+        else:
+            members.append(city)
+    return [CityArray(part, slurm) for slurm, members in groups for part in chunks(members, max_array)]
+
+
+def city_directives(cfg: Config, array: CityArray) -> list[str]:
+    """The sbatch options of one array of cities, without name and output (the two paths differ there)."""
+    slurm = array.slurm
+    return [
+        *resource_directives(slurm, cfg.topology.ranks_per_city),
+        f"--signal={cfg.train.requeue_signal}@{slurm.signal_lead_s}",
+        "--requeue",
+    ]
+
+
+def coordinator_directives(cfg: Config, arrays: list[CityArray]) -> list[str]:
+    """One small task, alive as long as the longest city may run."""
+    slurm = cfg.slurm
+    optional = {"partition": slurm.partition, "account": slurm.account, "qos": slurm.qos}
+    return [
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=1",
+        f"--time={max(a.slurm.time_min for a in arrays)}",
+        *[f"--{k}={v}" for k, v in optional.items() if v],
+    ]
+
+
+def template_variables(run_dir: Path) -> dict[str, str]:
+    """The variables every template body reads: where the run is and which Python runs crosscity."""
+    python = sys.executable
+    return {"RUN_DIR": str(run_dir), "PYTHON": python, "CROSSCITY": f"{python} -m launch.cli"}
+
+
+def new_record(run_dir: Path) -> dict:
+    """An empty jobs.json record; drops a stale coordinator address (the cities wait for the new one)."""
+    (run_dir / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
+    (run_dir / "coordinator.json").unlink(missing_ok=True)
+    return {"kind": "run", "coordinator": None, "arrays": [], "entries": []}
+
+
+def record_array(
+    jobs: dict,
+    run_dir: Path,
+    array_id: str,
+    cities: list[int],
+    ranks_per_city: int,
+    tasks: list[tuple[str, Path]],
+) -> None:
+    """Add one submitted array (task job ids and logs, in city order) and rewrite jobs.json, so a
+    failure later still leaves a record of what runs."""
+    jobs["arrays"].append(array_id)
+    for city, (job, log) in zip(cities, tasks, strict=True):
+        jobs["entries"].append(
+            {
+                "name": f"city{city}",
+                "job": job,
+                "run_dir": str(run_dir),
+                "ranks": [city * ranks_per_city + r for r in range(ranks_per_city)],
+                "log": str(log),
+            }
+        )
+    jobs["entries"].sort(key=lambda e: int(e["name"].removeprefix("city")))
+    write_jobs(run_dir, jobs)
+
+
+@dataclass
 class Plan:
     """What `submit` will do: scripts to write and submit, in order."""
 
     run_dir: Path
     coordinator: str | None  # script text, None when slurm.coordinator is HOST:PORT
-    arrays: list[tuple[list[int], str]]  # (cities of this chunk, script text)
+    arrays: list[tuple[list[int], str]]  # (cities of this array, script text)
 
 
 def plan_run(cfg: Config, run_dir: Path, max_array: int) -> Plan:
     slurm = cfg.slurm
     topo = cfg.topology
-    slurm.check(topo.ranks_per_city)
-    python = sys.executable
-    common = {"RUN_DIR": str(run_dir), "PYTHON": python, "CROSSCITY": f"{python} -m launch.cli"}
+    arrays = city_arrays(cfg, max_array)
+    common = template_variables(run_dir)
     coordinator = None
     if slurm.coordinator == "job":
         coordinator = render(
             [
                 "--job-name=crosscity-coordinator",
-                "--nodes=1",
-                "--ntasks=1",
-                "--cpus-per-task=1",
-                f"--time={slurm.time_min}",
+                *coordinator_directives(cfg, arrays),
                 f"--output={run_dir}/logs/slurm/coordinator-%j.out",
-                *[
-                    f"--{k}={v}"
-                    for k, v in {
-                        "partition": slurm.partition,
-                        "account": slurm.account,
-                        "qos": slurm.qos,
-                    }.items()
-                    if v
-                ],
             ],
             common,
             template_body("coordinator.sbatch"),
             f"rendezvous store of run {run_dir}",
         )
-    arrays = []
-    for cities in chunks(range(topo.cities), max_array):
+    scripts = []
+    for array in arrays:
+        cities = array.cities
         directives = [
             f"--job-name=crosscity-{run_dir.name}",
             f"--array=0-{len(cities) - 1}",
-            *resource_directives(slurm, topo.ranks_per_city),
-            f"--signal={cfg.train.requeue_signal}@{slurm.signal_lead_s}",
-            "--requeue",
+            *city_directives(cfg, array),
             "--open-mode=append",
             f"--output={run_dir}/logs/slurm/city-%A_%a.out",
         ]
@@ -169,25 +267,23 @@ def plan_run(cfg: Config, run_dir: Path, max_array: int) -> Plan:
             "OVERRIDES": "",
             "COORDINATOR": "file" if slurm.coordinator == "job" else slurm.coordinator,
             "NUM_CITIES": str(topo.cities),
-            "CROSSCITY_ARRAY_OFFSET": str(cities[0]),
+            "CROSSCITY_ARRAY_CITIES": ",".join(map(str, cities)),
             "LAUNCHER": "srun",
         }
         text = render(
             directives,
             variables,
             template_body("city.sbatch"),
-            f"cities {cities[0]}..{cities[-1]} of {run_dir}",
+            f"cities {','.join(map(str, cities))} of {run_dir}",
         )
-        arrays.append((cities, text))
-    return Plan(run_dir, coordinator, arrays)
+        scripts.append((cities, text))
+    return Plan(run_dir, coordinator, scripts)
 
 
 def submit_plan(plan: Plan, ranks_per_city: int) -> dict:
     """Write the scripts into RUN_DIR/slurm/, submit them, record the job ids in jobs.json."""
     folder = plan.run_dir / "slurm"
-    (plan.run_dir / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
-    (plan.run_dir / "coordinator.json").unlink(missing_ok=True)
-    jobs: dict = {"kind": "run", "coordinator": None, "arrays": [], "entries": []}
+    jobs = new_record(plan.run_dir)
     after: list[str] = []
     if plan.coordinator is not None:
         atomic_write_text(folder / "coordinator.sbatch", plan.coordinator)
@@ -197,18 +293,9 @@ def submit_plan(plan: Plan, ranks_per_city: int) -> dict:
         path = folder / f"cities-{i}.sbatch"
         atomic_write_text(path, text)
         array = sbatch(path, *after)
-        jobs["arrays"].append(array)
-        for task, city in enumerate(cities):
-            jobs["entries"].append(
-                {
-                    "name": f"city{city}",
-                    "job": f"{array}_{task}",
-                    "run_dir": str(plan.run_dir),
-                    "ranks": [city * ranks_per_city + r for r in range(ranks_per_city)],
-                    "log": str(plan.run_dir / "logs" / "slurm" / f"city-{array}_{task}.out"),
-                }
-            )
-        write_jobs(plan.run_dir, jobs)  # after every array, so a failure later still leaves a record
+        logs = plan.run_dir / "logs" / "slurm"
+        tasks = [(f"{array}_{t}", logs / f"city-{array}_{t}.out") for t in range(len(cities))]
+        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks)
     return jobs
 
 
@@ -216,48 +303,78 @@ def main(argv: list[str]) -> int:
     """Submit the cities of a run to Slurm and return at once."""
     p = argparse.ArgumentParser(
         prog="crosscity submit",
-        description="Submit the cities of a run as one Slurm job array (plus a small coordinator job that "
-        "hosts the rendezvous store). Per-city resources come from the config's slurm: section.",
+        description="Submit the cities of a run as Slurm job arrays (one task per city; cities with "
+        "different slurm.per_city resources go into different arrays), plus a small coordinator job "
+        "that hosts the rendezvous store. Resources come from the config's slurm: section.",
         epilog="examples:\n  crosscity submit configs/beijing_mlp.yaml topology.cities=2 --dry-run\n"
-        "  crosscity submit configs/beijing_mlp.yaml train.run_dir=runs/exp1\n  crosscity status runs/exp1",
+        "  crosscity submit configs/beijing_mlp.yaml train.run_dir=runs/exp1\n"
+        "  crosscity submit configs/beijing_mlp.yaml 'slurm.per_city={0: {mem: 32G}}' --via submitit\n"
+        "  crosscity status runs/exp1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument(
-        "--dry-run", action="store_true", help="print the generated sbatch scripts; submit nothing"
+        "--dry-run",
+        action="store_true",
+        help="print what would be submitted (sbatch scripts); submit nothing",
+    )
+    p.add_argument(
+        "--via",
+        choices=("sbatch", "submitit"),
+        default="sbatch",
+        help="sbatch: generated scripts from slurm/ [default]; submitit: the same jobs through submitit",
     )
     args = p.parse_intermixed_args(argv)
     try:
         if args.dry_run:
             cfg = load_config(args.config, args.overrides)
-            plan = plan_run(cfg, Path(cfg.train.run_dir).resolve(), max_array_size())
-            for name, text in [
-                ("coordinator.sbatch", plan.coordinator),
-                *[(f"cities-{i}.sbatch", t) for i, (_, t) in enumerate(plan.arrays)],
-            ]:
-                if text is not None:
-                    print(f"# ===== {plan.run_dir}/slurm/{name}\n{text}")
+            print(_dry_run(cfg, Path(cfg.train.run_dir).resolve(), args.via), end="")
             return 0
-        cfg, run_dir = resolve_run(args.config, args.overrides)
-        plan = plan_run(cfg, run_dir, max_array_size())
-        jobs = submit_plan(plan, cfg.topology.ranks_per_city)
-    except ConfigError as exc:
-        print(f"crosscity submit: config error: {exc}", file=sys.stderr)
-        return 2
-    except SubmitError as exc:
-        print(f"crosscity submit: {exc}", file=sys.stderr)
-        return 1
+        if args.via == "submitit":
+            from launch.submitit_jobs import submit_run
+
+            submitted = submit_run(args.config, args.overrides)
+            run_dir, jobs = submitted.run_dir, submitted.record
+        else:
+            cfg, run_dir = resolve_run(args.config, args.overrides)
+            jobs = submit_plan(plan_run(cfg, run_dir, max_array_size()), cfg.topology.ranks_per_city)
+    except (ConfigError, SubmitError) as exc:
+        return exit_code("crosscity submit", exc)
     coord = f"coordinator job {jobs['coordinator']}, " if jobs["coordinator"] else ""
     print(
         f"[submit] {coord}city arrays {', '.join(jobs['arrays'])}: {len(jobs['entries'])} cities; "
-        f"follow with: crosscity status {plan.run_dir}"
+        f"follow with: crosscity status {run_dir}"
     )
     return 0
+
+
+def _dry_run(cfg: Config, run_dir: Path, via: str) -> str:
+    if via == "submitit":
+        from launch.submitit_jobs import describe_run
+
+        return describe_run(cfg, run_dir, max_array_size())
+    plan = plan_run(cfg, run_dir, max_array_size())
+    named = [
+        ("coordinator.sbatch", plan.coordinator),
+        *[(f"cities-{i}.sbatch", t) for i, (_, t) in enumerate(plan.arrays)],
+    ]
+    return "".join(f"# ===== {run_dir}/slurm/{name}\n{text}\n" for name, text in named if text is not None)
 
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-__all__ = ["Plan", "plan_run", "submit_plan", "main", "max_array_size", "chunks", "sbatch"]
+__all__ = [
+    "CityArray",
+    "Plan",
+    "city_arrays",
+    "plan_run",
+    "submit_plan",
+    "main",
+    "max_array_size",
+    "chunks",
+    "exit_code",
+    "sbatch",
+]

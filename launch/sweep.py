@@ -27,6 +27,7 @@ from launch.run_dir import resolve_run
 from launch.submit import (
     SubmitError,
     chunks,
+    exit_code,
     max_array_size,
     placement_directives,
     render,
@@ -307,12 +308,8 @@ def main(argv: list[str]) -> int:
         cfg = load_config(Path(records[0]["run_dir"]) / "config.yaml")
         jobs = {"kind": "sweep", "arrays": [], "entries": []}
         jobs = _launch(cfg, sweep_dir, [r["name"] for r in records], args, jobs)
-    except ConfigError as exc:
-        print(f"crosscity sweep: config error: {exc}", file=sys.stderr)
-        return 2
-    except SubmitError as exc:
-        print(f"crosscity sweep: {exc}", file=sys.stderr)
-        return 1
+    except (ConfigError, SubmitError) as exc:
+        return exit_code("crosscity sweep", exc)
     if args.local:
         bad = failed_points(jobs)
         print(

@@ -66,3 +66,20 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
 def test_readme_config_table_is_current() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert keys_table() in readme, "README's config table is stale: paste `python -m train.config` into it"
+
+
+def test_per_city_slurm_fields_take_dotted_overrides() -> None:
+    cfg = load_config(
+        overrides=[
+            "topology.cities=2",
+            "slurm.per_city={1: {mem: 8G}}",
+            "slurm.per_city.1.cpus_per_task=2",
+            "slurm.per_city.0.partition=gpu",
+        ]
+    )
+    resolved = cfg.slurm.for_cities(cfg.topology.ranks_per_city, 2, cfg.data.cities)
+    assert [(r.partition, r.mem, r.cpus_per_task) for r in resolved] == [("gpu", "", 1), ("", "8G", 2)]
+    with pytest.raises(ConfigError, match=r"slurm\.per_city\.1\.memory.*allowed.*mem"):
+        load_config(overrides=["topology.cities=2", "slurm.per_city.1.memory=8G"])
+    with pytest.raises(ConfigError, match=r"unknown city '5'"):
+        load_config(overrides=["topology.cities=2", "slurm.per_city.5.mem=8G"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import configparser
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,10 +14,14 @@ import pytest
 import torch
 
 from launch.job_status import format_rows
-from launch.submit import plan_run, resource_directives, write_jobs
+from launch.submit import TEMPLATE_DIRS, plan_run, resource_directives, write_jobs
+from launch.submitit_jobs import EXIT_REQUEUE, describe_run
 from tests.test_env_topology import require_mpiexec
 from tests.test_slurm_cluster import DEV_CLUSTER, REPO, max_array_size, require_slurm, sbatch, wait_finished
+from train import trainer
 from train.config import ConfigError, SlurmConfig, load_config
+from train.topology import TopologyError
+from train.topology_env import detect_topology
 
 CONFIG = REPO / "configs" / "beijing_mlp.yaml"
 QUICK = [
@@ -25,6 +31,19 @@ QUICK = [
     "train.log_every=1",
     "optim.name=sgd",
 ]
+
+
+def requeue_run_overrides(small_dataset: Path) -> list[str]:
+    """2 cities x 2 ranks, long enough that a requeue signal lands mid-run even on an idle machine."""
+    return [
+        f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
+        "topology.ranks_per_city=2",
+        "train.steps=300",
+        "wan.sync_every=4",
+        *QUICK,
+    ]
 
 
 def crosscity(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -39,7 +58,7 @@ def test_plan_splits_cities_past_max_array_and_fills_resources(tmp_path: Path) -
     assert [cities for cities, _ in plan.arrays] == [[0, 1, 2], [3, 4]]
     first, second = (text for _, text in plan.arrays)
     assert "#SBATCH --array=0-2\n" in first and "#SBATCH --array=0-1\n" in second
-    assert "export CROSSCITY_ARRAY_OFFSET=3\n" in second and "export NUM_CITIES=5\n" in second
+    assert "export CROSSCITY_ARRAY_CITIES=3,4\n" in second and "export NUM_CITIES=5\n" in second
     assert "#SBATCH --signal=HUP@120\n" in first and "#SBATCH --ntasks-per-node=2\n" in first
     assert "scontrol requeue" in first  # the shared body of slurm/city.sbatch
     assert "crosscity coordinator" not in first and plan.coordinator is not None
@@ -84,6 +103,122 @@ def test_resources_of_each_city() -> None:
         SlurmConfig(time_min=1).check(ranks_per_city=1)
 
 
+# Six named cities: b and d share a memory limit, city 5 (by index) wants a GPU partition.
+PER_CITY = [
+    "topology.cities=6",
+    "topology.ranks_per_city=2",
+    "data.cities=a,b,c,d,e,f",
+    "slurm.per_city={b: {mem: 1G}, d: {mem: 1G}, 5: {partition: gpu, gpus_per_node: 1, nodes: 2}}",
+]
+
+
+def _exported(script: str, name: str) -> str:
+    return next(line.split("=", 1)[1] for line in script.splitlines() if line.startswith(f"export {name}="))
+
+
+def test_per_city_resources_group_cities_into_arrays_with_an_exact_city_mapping(tmp_path: Path) -> None:
+    cfg = load_config(CONFIG, PER_CITY)
+    plan = plan_run(cfg, tmp_path, max_array=2)
+    # identical resources share an array (split at MaxArraySize), in order of each group's first city
+    assert [cities for cities, _ in plan.arrays] == [[0, 2], [4], [1, 3], [5]]
+    scripts = dict((tuple(c), text) for c, text in plan.arrays)
+    assert "--mem" not in scripts[(0, 2)] and "--partition" not in scripts[(0, 2)]
+    assert "#SBATCH --mem=1G\n" in scripts[(1, 3)] and "#SBATCH --array=0-1\n" in scripts[(1, 3)]
+    gpu = scripts[(5,)]
+    assert "#SBATCH --partition=gpu\n" in gpu and "#SBATCH --gpus-per-node=1\n" in gpu
+    assert "#SBATCH --nodes=2\n" in gpu and "#SBATCH --ntasks-per-node=1\n" in gpu
+    for cities, text in plan.arrays:
+        listed = _exported(text, "CROSSCITY_ARRAY_CITIES")
+        for task, city in enumerate(cities):
+            env = {
+                "SLURM_ARRAY_TASK_ID": str(task),
+                "CROSSCITY_ARRAY_CITIES": listed,
+                "CROSSCITY_NUM_CITIES": _exported(text, "NUM_CITIES"),
+                "SLURM_PROCID": "1",
+                "SLURM_NTASKS": "2",
+            }
+            topo = detect_topology(env)
+            assert (topo.city, topo.num_cities, topo.local_rank, topo.ranks_per_city) == (city, 6, 1, 2)
+
+
+def test_submitit_dry_run_shows_the_same_arrays_and_options(tmp_path: Path) -> None:
+    text = describe_run(load_config(CONFIG, PER_CITY), tmp_path, max_array=2)
+    blocks = dict(b.split("\n", 1) for b in text.split("# ===== submitit: ")[1:])
+    assert list(blocks) == [
+        f"{w} of {tmp_path}" for w in ("coordinator", "cities 0,2", "cities 4", "cities 1,3", "cities 5")
+    ]
+    mem = blocks[f"cities 1,3 of {tmp_path}"]
+    assert "#SBATCH --array=0-1%2\n" in mem and "#SBATCH --mem=1G\n" in mem
+    assert "#SBATCH --signal=USR2@120\n" in mem and "#SBATCH --requeue\n" in mem
+    assert "export SUBMITIT_PREEMPT_SIGNAL=USR2\n" in mem and 'scontrol requeue "$task"' in mem
+    gpu = blocks[f"cities 5 of {tmp_path}"]  # one city: a plain job, not an array
+    assert "--array" not in gpu and "#SBATCH --partition=gpu\n" in gpu and "#SBATCH --nodes=2\n" in gpu
+    assert "--mem" not in blocks[f"cities 0,2 of {tmp_path}"]
+    assert EXIT_REQUEUE == trainer.EXIT_REQUEUE
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "slurm.per_city={x: {mem: 1G}}",
+            "slurm.per_city: unknown city 'x': allowed a, b, c, d, e, f, 0, 1, 2",
+        ),
+        ("slurm.per_city={6: {mem: 1G}}", "slurm.per_city: unknown city '6'"),
+        (
+            "slurm.per_city={b: {memory: 1G}}",
+            "unknown key 'slurm.per_city.b.memory': allowed partition, account",
+        ),
+        ("slurm.per_city={b: {coordinator: job}}", "unknown key 'slurm.per_city.b.coordinator'"),
+        (
+            "slurm.per_city={b: {nodes: 4}}",
+            "slurm.per_city.b (city 1): slurm.nodes=4 x slurm.tasks_per_node=0: must equal "
+            "topology.ranks_per_city=2",
+        ),
+        (
+            "slurm.per_city={1: {cpus_per_task: many}}",
+            "slurm.per_city.1.cpus_per_task='many': expected an integer",
+        ),
+        ("slurm.per_city={b: {mem: 1G}, 1: {mem: 2G}}", "slurm.per_city: 'b' and '1' both name city 1"),
+        ("slurm.per_city={b: 4G}", "slurm.per_city.b='4G': expected a mapping of field: value"),
+        ("slurm.per_city=4G", "slurm.per_city='4G': expected a mapping"),
+    ],
+)
+def test_per_city_config_errors_name_the_key_and_what_is_allowed(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(
+            CONFIG, ["topology.cities=6", "topology.ranks_per_city=2", "data.cities=a,b,c,d,e,f", override]
+        )
+
+
+def test_array_city_list_errors() -> None:
+    env = {
+        "SLURM_ARRAY_TASK_ID": "2",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+        "CROSSCITY_ARRAY_CITIES": "4,7",
+    }
+    with pytest.raises(
+        TopologyError, match="SLURM_ARRAY_TASK_ID=2: CROSSCITY_ARRAY_CITIES='4,7' lists 2 cities"
+    ):
+        detect_topology(env)
+    with pytest.raises(TopologyError, match="expected comma-separated city indexes"):
+        detect_topology({**env, "CROSSCITY_ARRAY_CITIES": "4;7"})
+
+
+def test_a_wheel_installs_every_template() -> None:
+    """setup.cfg's data_files must list every slurm/*.sbatch: an installed package has no checkout."""
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    listed = parser["options.data_files"]["share/crosscity/slurm"].split()
+    assert sorted(listed) == sorted(f"slurm/{p.name}" for p in (REPO / "slurm").glob("*.sbatch"))
+    assert TEMPLATE_DIRS[0] == REPO / "slurm" and TEMPLATE_DIRS[1].parts[-3:] == (
+        "share",
+        "crosscity",
+        "slurm",
+    )
+
+
 @pytest.mark.slurm
 def test_dry_run_prints_scripts_and_submits_nothing(tmp_path: Path) -> None:
     require_slurm()
@@ -97,6 +232,19 @@ def test_dry_run_prints_scripts_and_submits_nothing(tmp_path: Path) -> None:
         f"#SBATCH --array=0-{max_array_size() - 1}\n" in done.stdout
         and "#SBATCH --array=0-1\n" in done.stdout
     )
+    via = crosscity(
+        "submit",
+        str(CONFIG),
+        f"topology.cities={n}",
+        f"train.run_dir={run_dir}",
+        "--dry-run",
+        "--via",
+        "submitit",
+    )
+    assert via.returncode == 0, via.stderr
+    assert via.stdout.count("#!/bin/bash") == 3 and "update_parameters(" in via.stdout
+    size = max_array_size()
+    assert f"#SBATCH --array=0-{size - 1}%{size}\n" in via.stdout and "#SBATCH --array=0-1%2\n" in via.stdout
     assert not run_dir.exists()
     assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
 
@@ -234,15 +382,7 @@ def test_requeue_signal_requeues_only_that_city_and_resumes_exactly(
 ) -> None:
     """Two identical runs side by side; one gets the requeue signal in city 1: same final parameters."""
     require_slurm()
-    common = [
-        f"data.dir={small_dataset}",
-        "data.cities=north,east",
-        "topology.cities=2",
-        "topology.ranks_per_city=2",
-        "train.steps=300",  # long enough that the signal lands mid-run even on an idle machine
-        "wan.sync_every=4",
-        *QUICK,
-    ]
+    common = requeue_run_overrides(small_dataset)
     ref, run_dir = tmp_path / "ref", tmp_path / "pre"
     for folder in (ref, run_dir):
         done = crosscity("submit", str(CONFIG), *common, f"train.run_dir={folder}")

@@ -16,7 +16,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from tests.distributed import run_on_cities
 from train.config import ConfigError, WanConfig, load_config
-from train.lan_allreduce import allreduce_gradients
+from train.lan_allreduce import TorchReducer, allreduce_gradients
 from train.process_groups import Groups
 from train.streaming_diloco import StreamingSync
 from train.topology import Topology
@@ -66,7 +66,7 @@ def run_steps(
     rounds, call_s = [], []
     for step in steps:
         inner_step(model, opt, topo.city, topo.local_rank, step, sizes(topo.city))
-        allreduce_gradients(model, groups.city, "fp32", 0.0)
+        allreduce_gradients(model, TorchReducer(groups.city), "fp32", 0.0)
         opt.step()
         time.sleep((stall or {}).get(step, 0.0))
         start = time.perf_counter()

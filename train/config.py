@@ -55,8 +55,25 @@ class OptimConfig:
 
 @dataclass
 class LanConfig:
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    backend: Literal["auto", "gloo", "nccl", "horovod"] = "auto"  # horovod: a process set per city
     grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # gradient compression on the LAN all-reduce
+
+    def check(self) -> None:
+        """Horovod is an optional build without bfloat16: say so at load time, not in every rank's log."""
+        if self.backend != "horovod":
+            return
+        if self.grad_dtype == "bf16":
+            raise ConfigError(
+                "lan.grad_dtype='bf16': Horovod's PyTorch ops have no bfloat16 (lan.backend='horovod'); "
+                "use lan.grad_dtype=fp16 or fp32"
+            )
+        try:
+            import horovod.torch  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"lan.backend='horovod': horovod is not importable ({exc}); build it into the venv with "
+                "`bash .ci/build-horovod.sh` (Horovod 0.28.1 with torch >= 2.1, see docs/horovod.md)"
+            ) from None
 
 
 @dataclass
@@ -103,6 +120,23 @@ class MonitorConfig:
     prometheus_port: int = 0  # 0 = off
 
 
+# What slurm.per_city may set for one city: the resources of one array task (not the coordinator).
+PER_CITY_FIELDS = (
+    "partition",
+    "account",
+    "qos",
+    "time_min",
+    "nodes",
+    "tasks_per_node",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem",
+    "constraint",
+    "signal_lead_s",
+    "extra",
+)
+
+
 @dataclass
 class SlurmConfig:
     """Resources of EACH city (one Slurm array task); read by `crosscity submit` and `crosscity sweep`."""
@@ -120,8 +154,16 @@ class SlurmConfig:
     signal_lead_s: int = 120  # requeue signal this many seconds before the time limit
     coordinator: str = "job"  # "job" = a small coordinator job hosts the store; or "HOST:PORT" of one
     extra: list[str] = field(default_factory=list)  # more sbatch options, verbatim, e.g. ["--exclusive"]
+    per_city: dict[str, dict[str, Any]] = field(default_factory=dict)  # {city name or index: {field: value}}
 
-    def check(self, ranks_per_city: int) -> None:
+    def check(self, ranks_per_city: int, cities: int = 1, names: list[str] | tuple[str, ...] = ()) -> None:
+        """The shared resources, then every city's resolved ones (so a bad per_city entry fails at load)."""
+        self._check_resources(ranks_per_city)
+        if self.coordinator != "job" and not re.match(r"^[\w.-]+:\d+$", self.coordinator):
+            raise ConfigError(f"slurm.coordinator={self.coordinator!r}: allowed 'job' or HOST:PORT")
+        self.for_cities(ranks_per_city, cities, names)
+
+    def _check_resources(self, ranks_per_city: int) -> None:
         if self.nodes < 1:
             raise ConfigError(f"slurm.nodes={self.nodes}: must be >= 1")
         if (
@@ -145,11 +187,50 @@ class SlurmConfig:
                 f"slurm.signal_lead_s={self.signal_lead_s}: must be shorter than "
                 f"slurm.time_min={self.time_min} minutes"
             )
-        if self.coordinator != "job" and not re.match(r"^[\w.-]+:\d+$", self.coordinator):
-            raise ConfigError(f"slurm.coordinator={self.coordinator!r}: allowed 'job' or HOST:PORT")
 
     def tasks_per_node_for(self, ranks_per_city: int) -> int:
         return self.tasks_per_node or max(1, ranks_per_city // self.nodes)
+
+    def for_cities(
+        self, ranks_per_city: int, cities: int, names: list[str] | tuple[str, ...] = ()
+    ) -> list[SlurmConfig]:
+        """The resolved, checked resources of every city: its slurm.per_city entry over the shared fields."""
+        allowed = [*names, *map(str, range(cities))]
+        by_city: dict[int, str] = {}
+        for key in self.per_city:
+            if key in names:
+                city = list(names).index(key)
+            elif key.isdigit() and int(key) < cities:
+                city = int(key)
+            else:
+                raise ConfigError(f"slurm.per_city: unknown city {key!r}: allowed {', '.join(allowed)}")
+            if city in by_city:
+                raise ConfigError(f"slurm.per_city: {by_city[city]!r} and {key!r} both name city {city}")
+            by_city[city] = key
+        hints = typing.get_type_hints(SlurmConfig)
+        out = []
+        for city in range(cities):
+            key = by_city.get(city)
+            if key is None:
+                out.append(dataclasses.replace(self, per_city={}))
+                continue
+            entry = self.per_city[key]
+            if not isinstance(entry, dict):
+                raise ConfigError(f"slurm.per_city.{key}={entry!r}: expected a mapping of field: value")
+            values = {}
+            for name, value in entry.items():
+                if name not in PER_CITY_FIELDS:
+                    raise ConfigError(
+                        f"unknown key 'slurm.per_city.{key}.{name}': allowed {', '.join(PER_CITY_FIELDS)}"
+                    )
+                values[name] = _coerce(f"slurm.per_city.{key}.{name}", value, hints[name])
+            resolved = dataclasses.replace(self, per_city={}, **values)
+            try:
+                resolved._check_resources(ranks_per_city)
+            except ConfigError as exc:
+                raise ConfigError(f"slurm.per_city.{key} (city {city}): {exc}") from None
+            out.append(resolved)
+        return out
 
 
 @dataclass
@@ -166,7 +247,8 @@ class Config:
 
     def validate(self) -> None:
         """Cross-field rules that a single type cannot express."""
-        self.slurm.check(self.topology.ranks_per_city)
+        self.lan.check()
+        self.slurm.check(self.topology.ranks_per_city, self.topology.cities, self.data.cities)
         positive = {
             "data.past_hours": self.data.past_hours,
             "data.horizon_hours": self.data.horizon_hours,
@@ -264,6 +346,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(str, choices))}")
         return value
+    if origin is dict:  # slurm.per_city: its entries are checked by SlurmConfig.for_cities
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping, e.g. {{west: {{mem: 32G}}}}")
+        return {str(k): v for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
@@ -320,6 +406,14 @@ def _set(obj: Any, key: str, parts: list[str], value: Any) -> None:
                 _set(current, f"{key}.{sub}", [str(sub)], sub_value)
             return
         _set(current, key, parts[1:], value)
+        return
+    if isinstance(current, dict) and len(parts) > 1:  # slurm.per_city.east.mem=32G: checked at validate
+        entry = current
+        for part in parts[1:-1]:
+            entry = entry.setdefault(part, {})
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{key}: {part!r} is {entry!r}, not a mapping")
+        entry[parts[-1]] = value
         return
     if len(parts) > 1:
         raise ConfigError(f"unknown key {key!r}: {where!r} is {_allowed(fields[name])}, it has no sub-keys")

@@ -1,28 +1,72 @@
 """Data parallel inside a city: one coalesced ring all-reduce of all gradients per step.
 
 Done by hand rather than with DDP so the LAN time is measurable on its own, gradients can be
-sent in bf16/fp16, and a control word (the city's stop flag) rides along for free.
+sent in bf16/fp16, and a control word (the city's stop flag) rides along for free. The sum itself
+is a `LanReducer`: torch.distributed's city group here, or a Horovod process set
+(train/lan_horovod.py, `lan.backend=horovod`); packing, compression and the flag are shared.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from train.process_groups import Groups
+from train.topology import Topology
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def allreduce_gradients(model: nn.Module, group: dist.ProcessGroup, grad_dtype: str, flag: float) -> float:
-    """Average gradients over `group`; returns the sum of every member's `flag`."""
+class LanReducer(Protocol):
+    """Sums one flat tensor over the ranks that share gradients (the city, or the world for flat)."""
+
+    size: int
+
+    def sum_(self, wire: torch.Tensor) -> None:
+        """In place: `wire` becomes the sum of every member's `wire`."""
+
+    def close(self) -> None:
+        """Release what the reducer holds; called once when the rank's groups are torn down."""
+
+
+class TorchReducer:
+    """A torch.distributed group (gloo or NCCL); the group itself is destroyed with the others."""
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        self.group = group
+        self.size = dist.get_world_size(group)
+
+    def sum_(self, wire: torch.Tensor) -> None:
+        dist.all_reduce(wire, group=self.group)
+
+    def close(self) -> None:
+        pass
+
+
+def open_reducer(
+    backend: str, topo: Topology, groups: Groups, world: bool, store: dist.Store, device: torch.device
+) -> LanReducer:
+    """The reducer `lan.backend` names over the city (or every rank when `world`); `store` is this
+    generation's store, where the launcher publishes Horovod's rendezvous."""
+    if backend == "horovod":
+        from train.lan_horovod import HorovodReducer
+
+        return HorovodReducer(topo, world, store, device)
+    return TorchReducer(groups.world if world else groups.city)
+
+
+def allreduce_gradients(model: nn.Module, lan: LanReducer, grad_dtype: str, flag: float) -> float:
+    """Average gradients over the reducer's ranks; returns the sum of every member's `flag`."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([flag], device=grads[0].device)])
     wire = flat.to(_DTYPES[grad_dtype]) if grad_dtype != "fp32" else flat
-    dist.all_reduce(wire, group=group)
-    size = dist.get_world_size(group)
+    lan.sum_(wire)
     flat = wire.float()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g) / size)
+        g.copy_(flat[offset : offset + g.numel()].view_as(g) / lan.size)
         offset += g.numel()
     return float(flat[-1])

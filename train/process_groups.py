@@ -54,7 +54,7 @@ def init_groups(topo: Topology, store: dist.Store, backend: str, timeout_s: floa
     stripe_ranks: list[int] = []
     # new_group is collective over the world: every rank creates every group, in the same order.
     for c in range(topo.num_cities):
-        ranks = [topo.rank_of(c, k) for k in range(topo.ranks_per_city)]
+        ranks = topo.city_ranks(c)
         group = dist.new_group(ranks, timeout=timeout)
         if c == topo.city:
             city_group, city_ranks = group, ranks

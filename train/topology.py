@@ -40,6 +40,10 @@ class Topology:
     def rank_of(self, city: int, local_rank: int) -> int:
         return city * self.ranks_per_city + local_rank
 
+    def city_ranks(self, city: int) -> list[int]:
+        """Global ranks of `city`, in local-rank order (what every per-city group is built from)."""
+        return [self.rank_of(city, k) for k in range(self.ranks_per_city)]
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Topology:
         """From whatever started this rank: CROSSCITY_*, torchrun, Slurm or MPI (train/topology_env.py)."""

@@ -1,4 +1,4 @@
-"""Topology and rendezvous from whatever started this rank: crosscity, Slurm, torchrun or MPI.
+"""Topology and rendezvous from whatever started this rank: crosscity, Slurm, torchrun, horovodrun or MPI.
 
 Each launcher describes "who am I" in its own variables; this module turns any of them into one
 `Topology(city, num_cities, local_rank, ranks_per_city)`, so the trainer never cares how it was
@@ -19,7 +19,10 @@ _CITY = "CROSSCITY_CITY"
 _NUM_CITIES = "CROSSCITY_NUM_CITIES"
 _LOCAL_RANK = "CROSSCITY_LOCAL_RANK"
 _RANKS_PER_CITY = "CROSSCITY_RANKS_PER_CITY"
-# Array tasks of a split array start again at 0; the sbatch wrapper exports the chunk's offset.
+# An array holds any cities (grouped by per-city resources, split past MaxArraySize) and its tasks
+# start again at 0: generated scripts export the array's cities ("3,5,6"; task i is the i-th);
+# a hand-written split of contiguous cities may export the first city as the offset instead.
+ARRAY_CITIES = "CROSSCITY_ARRAY_CITIES"
 ARRAY_OFFSET = "CROSSCITY_ARRAY_OFFSET"
 # Variables that MPI launchers export (MPICH/Hydra, Open MPI, PMIx), as (rank, size) pairs.
 _MPI_VARS = (
@@ -72,12 +75,11 @@ def from_slurm(env: Mapping[str, str]) -> Topology:
 
     SLURM_PROCID is the rank inside the step, i.e. inside the city (SLURM_LOCALID is only the
     rank on this node). Under mpiexec inside the job, Slurm's task is the per-node MPI proxy, so
-    the MPI launcher's rank and size win. The array index names the city, shifted by the chunk
-    offset when the array was split past MaxArraySize.
+    the MPI launcher's rank and size win. The array index names the city through the array's
+    city list, or shifted by the offset of a contiguous chunk.
     """
     if "SLURM_ARRAY_TASK_ID" in env:
-        offset = _int(env, ARRAY_OFFSET) if ARRAY_OFFSET in env else 0
-        city = _first(env, _CITY, "SLURM_ARRAY_TASK_ID") + (0 if _CITY in env else offset)
+        city = _array_city(env)
         cities = _first(env, _NUM_CITIES, "SLURM_ARRAY_TASK_COUNT")
     else:
         city, cities = _override(env, _CITY, 0), _override(env, _NUM_CITIES, 1)
@@ -88,6 +90,22 @@ def from_slurm(env: Mapping[str, str]) -> Topology:
         rank = _first(env, _LOCAL_RANK, "SLURM_PROCID")
         size = _first(env, _RANKS_PER_CITY, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
     return Topology(city=city, num_cities=cities, local_rank=rank, ranks_per_city=size)
+
+
+def _array_city(env: Mapping[str, str]) -> int:
+    if _CITY in env:
+        return _int(env, _CITY)
+    task = _int(env, "SLURM_ARRAY_TASK_ID")
+    if ARRAY_CITIES not in env:
+        return task + (_int(env, ARRAY_OFFSET) if ARRAY_OFFSET in env else 0)
+    listed = env[ARRAY_CITIES].split(",")
+    if not all(c.isdigit() for c in listed):
+        raise TopologyError(f"{ARRAY_CITIES}={env[ARRAY_CITIES]!r}: expected comma-separated city indexes")
+    if task >= len(listed):
+        raise TopologyError(
+            f"SLURM_ARRAY_TASK_ID={task}: {ARRAY_CITIES}={env[ARRAY_CITIES]!r} lists {len(listed)} cities"
+        )
+    return int(listed[task])
 
 
 def from_torchrun(env: Mapping[str, str]) -> Topology:
@@ -124,7 +142,7 @@ def from_mpi(env: Mapping[str, str]) -> Topology:
 
 
 def detect_topology(env: Mapping[str, str] | None = None) -> Topology:
-    """CROSSCITY_* (complete) > torchrun > Slurm step > MPI; error naming what was looked for."""
+    """CROSSCITY_* (complete) > torchrun > horovodrun > Slurm step > MPI; error naming what was looked for."""
     env = os.environ if env is None else env
     keys = (_CITY, _NUM_CITIES, _LOCAL_RANK, _RANKS_PER_CITY)
     if all(k in env for k in keys):
@@ -132,13 +150,15 @@ def detect_topology(env: Mapping[str, str] | None = None) -> Topology:
     # torchrun inside a Slurm job also has SLURM_PROCID (of the torchrun process): torchrun wins.
     if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env and "SLURM_PROCID" not in env):
         return from_torchrun(env)
+    if "HOROVOD_RANK" in env and "HOROVOD_SIZE" in env:  # horovodrun: one flat world, like torchrun
+        return _split_world(env, _int(env, "HOROVOD_RANK"), _int(env, "HOROVOD_SIZE"), "horovodrun")
     if "SLURM_PROCID" in env:
         return from_slurm(env)
     if mpi_rank_size(env) is not None:
         return from_mpi(env)
     raise TopologyError(
         "cannot tell this rank's place: set CROSSCITY_CITY/NUM_CITIES/LOCAL_RANK/RANKS_PER_CITY, "
-        "or start it with srun (SLURM_PROCID), torchrun (RANK/WORLD_SIZE) or mpiexec"
+        "or start it with srun (SLURM_PROCID), torchrun (RANK/WORLD_SIZE), horovodrun or mpiexec"
     )
 
 

@@ -25,7 +25,7 @@ from train.batches import BatchStream
 from train.checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import Config, load_config
 from train.evaluate import evaluate, pool_metrics
-from train.lan_allreduce import allreduce_gradients
+from train.lan_allreduce import allreduce_gradients, open_reducer
 from train.metrics_log import MetricsLog
 from train.models import build_model
 from train.process_groups import destroy_groups, init_groups, pick_backend, pick_device
@@ -106,10 +106,11 @@ class Trainer:
         seed_everything(cfg.train.seed)  # same init on every rank of every city
         self.device = pick_device(cfg.train.device, topo.local_rank)
         backend = pick_backend(cfg.lan.backend, self.device)
-        self.groups = init_groups(topo, generation_store(store, self.gen), backend)
+        gen_store = generation_store(store, self.gen)
+        self.groups = init_groups(topo, gen_store, backend)
         self.store = store
         self.flat = cfg.wan.algorithm == "flat"
-        self.lan_group = self.groups.world if self.flat else self.groups.city
+        self.lan = open_reducer(cfg.lan.backend, topo, self.groups, self.flat, gen_store, self.device)
 
         self.city_name = city_names(cfg)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
@@ -208,9 +209,7 @@ class Trainer:
         loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
         loss.backward()
         t2 = time.perf_counter()
-        votes = allreduce_gradients(
-            self.model, self.lan_group, self.cfg.lan.grad_dtype, float(self.stop.raised)
-        )
+        votes = allreduce_gradients(self.model, self.lan, self.cfg.lan.grad_dtype, float(self.stop.raised))
         t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -332,6 +331,7 @@ class Trainer:
         self.sync.close()
         self.telemetry.stop()
         self.log.close()
+        self.lan.close()
 
     def _log_interval(self, loss: float) -> None:
         """Mean step-time breakdown since the last log line, and the city's straggler check."""
