@@ -3,8 +3,8 @@
 The launcher hosts the rendezvous store, starts one process per rank, and watches them: a rank
 that fails (or is killed) stops all others and the run exits non-zero naming it; a city whose
 ranks exit with EXIT_REQUEUE (preempted and checkpointed) is started again, like a requeued array
-task, while the other cities wait for it. With `lan.backend=horovod` it also hosts Horovod's
-rendezvous, as horovodrun would (train/lan_horovod.py).
+task, while the other cities wait for it. With `lan.backend=horovod` it also hosts one Horovod
+rendezvous per city, as one horovodrun per city would (train/lan_horovod.py).
 """
 
 from __future__ import annotations
@@ -164,11 +164,11 @@ class LocalLauncher:
                     r.echo_thread.join(timeout=2)
 
     def _horovod_rendezvous(self, store: dist.TCPStore) -> RendezvousHost | None:
-        """lan.backend=horovod: host Horovod's rendezvous beside the store, as horovodrun would."""
+        """lan.backend=horovod: host each city's Horovod rendezvous beside the store, as horovodrun would."""
         if self.cfg.lan.backend != "horovod":
             return None
-        world = self.cfg.topology.cities * self.cfg.topology.ranks_per_city
-        return RendezvousHost(store, self.store_host, world)
+        topo = self.cfg.topology
+        return RendezvousHost(store, self.store_host, topo.cities, topo.ranks_per_city)
 
     def _city_exited(self, city: int) -> bool:
         return all(r.proc.poll() is not None for r in self.ranks.values() if r.topo.city == city)

@@ -1,5 +1,6 @@
-"""`lan.backend=horovod` on real processes: the same model as the torch gloo path, a preempted city
-rejoining a fresh Horovod world, and clear config errors (Horovod not built, bf16)."""
+"""`lan.backend=horovod` on real processes: one Horovod world per city, the same model as the torch
+gloo path, a preempted city rejoining a fresh Horovod world, and clear config errors (Horovod not
+built, bf16, flat, one horovodrun for several cities)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 
 from tests.test_local_run import CONFIG, QUICK, REPO, crosscity, final_params, rank_pids, wait_for_step
 from train.config import ConfigError, load_config
-from train.topology import Topology
+from train.metrics_log import read_records
+from train.topology import Topology, TopologyError
 from train.topology_env import detect_topology
 
 # 2 cities x 2 ranks; DiLoCo rounds every 4 steps so the LAN sum shapes what crosses the WAN.
@@ -62,6 +64,15 @@ def finished_run(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
         return runs[backend, grad_dtype]
 
     return get
+
+
+def test_each_city_is_its_own_horovod_world(finished_run: Callable[..., Path]) -> None:
+    """hvd.rank()/hvd.size() as each rank logged them: the local rank in a world of ranks_per_city,
+    so no Horovod negotiation spans two cities."""
+    records = read_records(finished_run("horovod", "fp32"), "lan")
+    assert sorted(r["global_rank"] for r in records) == [0, 1, 2, 3]
+    for r in records:
+        assert (r["backend"], r["lan_rank"], r["lan_size"]) == ("horovod", r["local_rank"], 2)
 
 
 @pytest.mark.parametrize("grad_dtype", ["fp32", "fp16"])
@@ -135,6 +146,20 @@ def test_missing_horovod_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "lan.backend='horovod': horovod is not importable" in r.stderr
 
 
+def test_flat_with_horovod_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="^lan.backend='horovod' with wan.algorithm='flat': Horovod runs"):
+        load_config(None, ["lan.backend=horovod", "wan.algorithm=flat"])
+
+
 def test_topology_from_horovodrun() -> None:
-    env = {"HOROVOD_RANK": "3", "HOROVOD_SIZE": "4", "CROSSCITY_NUM_CITIES": "2"}
+    """One horovodrun per city: HOROVOD_RANK/SIZE number the city's ranks."""
+    env = {"HOROVOD_RANK": "1", "HOROVOD_SIZE": "2", "CROSSCITY_CITY": "1", "CROSSCITY_NUM_CITIES": "2"}
     assert detect_topology(env) == Topology(city=1, num_cities=2, local_rank=1, ranks_per_city=2)
+    alone = {"HOROVOD_RANK": "3", "HOROVOD_SIZE": "4"}
+    assert detect_topology(alone) == Topology(city=0, num_cities=1, local_rank=3, ranks_per_city=4)
+
+
+def test_one_horovodrun_for_several_cities_is_a_topology_error() -> None:
+    env = {"HOROVOD_RANK": "3", "HOROVOD_SIZE": "4", "CROSSCITY_NUM_CITIES": "2"}
+    with pytest.raises(TopologyError, match="one horovodrun per city, each with its own CROSSCITY_CITY"):
+        detect_topology(env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -188,3 +189,37 @@ def test_run_refuses_a_corrupted_dataset(small_dataset: Path, tmp_path: Path) ->
     assert r.returncode == 2, r.stderr
     assert shard.name in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "metrics").exists()  # no rank was started
+
+
+def test_streaming_merge_when_ready_agrees_within_each_city(small_dataset: Path, tmp_path: Path) -> None:
+    """Through the trainer: the "landed" votes ride in the gradient all-reduce, so both ranks of a
+    city merge every fragment round at the same step, never before tau and never after H."""
+    run_dir = tmp_path / "when_ready"
+    r = crosscity(
+        "run",
+        str(CONFIG),
+        f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
+        "train.steps=40",
+        "wan.algorithm=streaming",
+        "wan.sync_every=8",
+        "wan.fragments=2",
+        "wan.overlap_steps=1",
+        "wan.merge=when_ready",
+        f"train.run_dir={run_dir}",
+        *QUICK,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    merges: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    for rank in range(4):
+        for line in (run_dir / "metrics" / f"rank{rank}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec["kind"] == "wan" and "merged_after_steps" in rec:
+                merges.setdefault((rec["city"], rec["round"], rec["fragment"]), []).append(
+                    (rec["step"], rec["merged_after_steps"])
+                )
+    assert len(merges) >= 2 * 8  # both cities, 4 rounds of each of the 2 fragments in 40 steps
+    for (_city, _round, _fragment), seen in merges.items():
+        assert len(seen) == 2 and seen[0] == seen[1]  # the city's two ranks: same step, same delay
+        assert 1 <= seen[0][1] <= 8

@@ -66,7 +66,7 @@ def run_steps(
     rounds, call_s = [], []
     for step in steps:
         inner_step(model, opt, topo.city, topo.local_rank, step, sizes(topo.city))
-        allreduce_gradients(model, TorchReducer(groups.city), "fp32", 0.0)
+        sync.take_city_votes(allreduce_gradients(model, TorchReducer(groups.city), "fp32", sync.city_votes()))
         opt.step()
         time.sleep((stall or {}).get(step, 0.0))
         start = time.perf_counter()
@@ -115,7 +115,11 @@ def _diloco_and_streaming(topo: Topology, groups: Groups) -> tuple[torch.Tensor,
 
 
 def _two_ranks_per_city(topo: Topology, groups: Groups) -> dict[str, Any]:
-    return {"diloco_vs_streaming": _diloco_and_streaming(topo, groups), "resume": _resume(topo, groups)}
+    return {
+        "diloco_vs_streaming": _diloco_and_streaming(topo, groups),
+        "resume": _resume(topo, groups),
+        "when_ready": {slow: _when_ready(topo, groups, slow) for slow in (True, False)},
+    }
 
 
 def _one_rank_per_city(topo: Topology, groups: Groups) -> dict[str, Any]:
@@ -287,3 +291,40 @@ def test_bad_settings_are_rejected() -> None:
         load_config(
             None, ["wan.algorithm=streaming", "wan.fragments=5", "wan.sync_every=4", "wan.overlap_steps=1"]
         )
+
+
+def _when_ready(topo: Topology, groups: Groups, city0_slow: bool) -> dict[str, Any]:
+    """H=4, tau=1, merge=when_ready: city 1 starts the step-4 exchange 1.5 s late. City 0 either
+    computes 1 s per step from step 5 on (the result lands during step 6) or is fast (it has not
+    landed by step 8, where the fragment's next round is due, so that merge must wait)."""
+    wan = streaming(sync_every=4, fragments=1, overlap_steps=1, merge="when_ready")
+    city0 = {5: 1.0, 6: 1.0, 7: 1.0} if city0_slow else {}
+    model, opt, sync = fresh(topo, groups, wan)
+    rounds, call_s = run_steps(
+        model, opt, sync, topo, groups, range(1, 9), {4: LATE_S} if topo.city == 1 else city0
+    )
+    before_finish = parameters_to_vector(model.parameters()).detach().clone()
+    sync.finish()
+    merges = {step: r for step, r in enumerate(rounds, start=1) if r is not None}
+    return {
+        "merges": {s: (r.extra["merged_after_steps"], r.extra["blocked_s"]) for s, r in merges.items()},
+        "call_s": call_s,
+        "before_finish": before_finish,
+        "final": parameters_to_vector(model.parameters()).detach(),
+    }
+
+
+def test_merge_when_ready_neither_waits_at_tau_nor_splits_a_city(two_ranks: list[dict[str, Any]]) -> None:
+    slow = [r["when_ready"][True] for r in two_ranks]  # ranks 0, 1: city 0; ranks 2, 3: city 1
+    for rank in (0, 1):
+        ((step, (after, blocked)),) = slow[rank]["merges"].items()
+        assert step in (6, 7) and after == step - 4  # not at start + tau = 5: it had not landed
+        assert blocked < LATE_S / 3 and slow[rank]["call_s"][4] < LATE_S / 3  # and never waited
+    fast = [r["when_ready"][False] for r in two_ranks]
+    for rank in (0, 1):
+        (blocked,) = [b for s, (after, b) in fast[rank]["merges"].items() if s == 8 and after == 4]
+        assert blocked > LATE_S / 2  # the next round is due at step 8: the merge had to wait for it
+    for runs in (slow, fast):
+        assert torch.equal(runs[0]["before_finish"], runs[1]["before_finish"])  # one merge step per city
+        assert torch.equal(runs[2]["before_finish"], runs[3]["before_finish"])
+        assert all(torch.equal(runs[0]["final"], r["final"]) for r in runs)  # anchors agree everywhere

@@ -55,17 +55,23 @@ class OptimConfig:
 
 @dataclass
 class LanConfig:
-    backend: Literal["auto", "gloo", "nccl", "horovod"] = "auto"  # horovod: a process set per city
+    backend: Literal["auto", "gloo", "nccl", "horovod"] = "auto"  # horovod: one Horovod world per city
     grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # gradient compression on the LAN all-reduce
 
-    def check(self) -> None:
-        """Horovod is an optional build without bfloat16: say so at load time, not in every rank's log."""
+    def check(self, wan_algorithm: str) -> None:
+        """Horovod is an optional build without bfloat16, one world per city: say so at load time,
+        not in every rank's log."""
         if self.backend != "horovod":
             return
         if self.grad_dtype == "bf16":
             raise ConfigError(
                 "lan.grad_dtype='bf16': Horovod's PyTorch ops have no bfloat16 (lan.backend='horovod'); "
                 "use lan.grad_dtype=fp16 or fp32"
+            )
+        if wan_algorithm == "flat":
+            raise ConfigError(
+                "lan.backend='horovod' with wan.algorithm='flat': Horovod runs one world per city and "
+                "flat sums over all cities; use lan.backend=gloo (or nccl) for flat (docs/horovod.md)"
             )
         try:
             import horovod.torch  # noqa: F401
@@ -87,6 +93,7 @@ class WanConfig:
     error_feedback: bool = False
     fragments: int = 4  # streaming: parameter fragments synced at staggered steps
     overlap_steps: int = 2  # streaming: tau inner steps a fragment exchange may overlap
+    merge: Literal["fixed", "when_ready"] = "fixed"  # streaming: at step start+tau, or once landed (>= tau)
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "average", "reset"] = "keep"
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
@@ -247,7 +254,7 @@ class Config:
 
     def validate(self) -> None:
         """Cross-field rules that a single type cannot express."""
-        self.lan.check()
+        self.lan.check(self.wan.algorithm)
         self.slurm.check(self.topology.ranks_per_city, self.topology.cities, self.data.cities)
         positive = {
             "data.past_hours": self.data.past_hours,

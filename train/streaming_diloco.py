@@ -13,6 +13,13 @@ i.e. the new global fragment plus this city's own progress during the overlap, w
 pseudo-gradient then carries to the other cities: nothing is dropped and nothing counted twice.
 With F=1 and tau=0 this is exactly DiLoCo. Only one fragment is in flight per clock step and the
 WAN moves 1/F of the model per round, so the peak WAN rate drops F-fold.
+
+`wan.merge=when_ready` merges at the first step >= start + tau at which every rank of the city
+held the result when the step's gradients were summed (a "landed" vote per fragment rides in the
+gradient all-reduce: no extra sync point), and blocks only when the fragment's next round is due.
+The rule above holds at any merge step, so the cities stay consistent (their anchors get the same
+outer step); the trajectory then depends on timing, so runs are not bitwise repeatable.
+`fixed` (the default) merges exactly at start + tau: deterministic.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ class _InFlight:
     """A fragment whose exchange has started and is not merged yet."""
 
     result: Future[Exchange]
-    merge_step: int
+    merge_step: int  # earliest merge (start + tau); `fixed` merges exactly here
     snapshot: torch.Tensor  # params_f when the round started: the base of the overlap drift
+    start_step: int
 
 
 class StreamingSync(InterCitySync):
@@ -66,6 +74,7 @@ class StreamingSync(InterCitySync):
         self.steps_since = [0] * cfg.fragments
         self.in_flight: dict[int, _InFlight] = {}
         self.blocked_s = 0.0  # total time the training thread waited for an exchange to land
+        self.landed: set[int] = set()  # when_ready: fragments every rank of the city holds (this step)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-streaming")
 
     # ------------------------------------------------------------------ the step clock
@@ -77,19 +86,19 @@ class StreamingSync(InterCitySync):
         if step <= self.cfg.warmup_steps:
             return self._round()
         merged = None
-        for f in [f for f, job in self.in_flight.items() if job.merge_step == step]:
-            merged = self._merge(f)
+        for f in self._mergeable(step):
+            merged = self._merge(f, step)
         for f in range(self.cfg.fragments):
             if (step - self.cfg.warmup_steps) % self.cfg.sync_every == self.phase[f]:
                 self._start(f, step)
                 if self.cfg.overlap_steps == 0:
-                    merged = self._merge(f)
+                    merged = self._merge(f, step)
         return merged
 
     def finish(self) -> WanRound | None:
         """Land every exchange in flight, then one synchronous round of every fragment; the returned
         round carries the bytes of all of them (the trainer logs one final round)."""
-        rounds = [self._merge(f) for f in sorted(self.in_flight)]
+        rounds = [self._merge(f, None) for f in sorted(self.in_flight)]
         if any(self.steps_since):
             rounds.append(self._round())
         self.close()
@@ -140,16 +149,36 @@ class StreamingSync(InterCitySync):
     def _start(self, f: int, step: int) -> None:
         stripe, weight, local = self._begin(f)
         job = self.worker.submit(self._exchange, stripe, weight, f)
-        self.in_flight[f] = _InFlight(job, step + self.cfg.overlap_steps, local)
+        self.in_flight[f] = _InFlight(job, step + self.cfg.overlap_steps, local, step)
 
-    def _merge(self, f: int) -> WanRound:
+    def _mergeable(self, step: int) -> list[int]:
+        """Fragments to merge at this step: all due ones (`fixed`), or those every city rank holds."""
+        due = sorted(f for f, job in self.in_flight.items() if job.merge_step <= step)
+        if self.cfg.merge == "fixed" or not due:
+            return due
+        # when_ready: landed on every rank of the city, or forced because the fragment starts again now
+        due_again = {f for f in due if self.in_flight[f].start_step + self.cfg.sync_every <= step}
+        return [f for f in due if f in self.landed or f in due_again]
+
+    def city_votes(self) -> list[float]:
+        """Per fragment: 1 if its exchange has landed on this rank (when_ready only)."""
+        if self.cfg.merge == "fixed":
+            return []
+        jobs = [self.in_flight.get(f) for f in range(self.cfg.fragments)]
+        return [float(job is not None and job.result.done()) for job in jobs]
+
+    def take_city_votes(self, sums: list[float]) -> None:
+        self.landed = {f for f, n in enumerate(sums) if n == self.topo.ranks_per_city}
+
+    def _merge(self, f: int, step: int | None) -> WanRound:
         job = self.in_flight.pop(f)
         waited = time.perf_counter()
         mean_stripe, moved, exchange_s = job.result.result()
         blocked = time.perf_counter() - waited
         self.blocked_s += blocked
         self._apply(f, mean_stripe, job.snapshot)
-        return self._fragment_round(moved, exchange_s, f, blocked_s=blocked)
+        late = {} if step is None else {"merged_after_steps": step - job.start_step}
+        return self._fragment_round(moved, exchange_s, f, blocked_s=blocked, **late)
 
     def _outer_step(self, f: int, mean_pseudo_grad: torch.Tensor) -> None:
         self.anchors[f].grad = mean_pseudo_grad
@@ -188,6 +217,7 @@ class StreamingSync(InterCitySync):
             mean_stripe, moved, seconds = job.result.result()
             in_flight[f] = {
                 "merge_step": job.merge_step,
+                "start_step": job.start_step,
                 "snapshot": job.snapshot.clone(),
                 "mean_stripe": mean_stripe.clone(),
                 "bytes": (moved.sent, moved.recv),
@@ -218,4 +248,4 @@ class StreamingSync(InterCitySync):
         for f, saved in state["in_flight"].items():
             done: Future[Exchange] = Future()
             done.set_result((saved["mean_stripe"], WanBytes(*saved["bytes"]), saved["seconds"]))
-            self.in_flight[f] = _InFlight(done, saved["merge_step"], saved["snapshot"])
+            self.in_flight[f] = _InFlight(done, saved["merge_step"], saved["snapshot"], saved["start_step"])

@@ -108,6 +108,23 @@ def _array_city(env: Mapping[str, str]) -> int:
     return int(listed[task])
 
 
+def from_horovodrun(env: Mapping[str, str]) -> Topology:
+    """One horovodrun is one city: its Horovod world is the city's (train/lan_horovod.py), so
+    HOROVOD_RANK/SIZE number the city's ranks and CROSSCITY_CITY/NUM_CITIES say which city it is."""
+    cities = _override(env, _NUM_CITIES, 1)
+    if cities > 1 and _CITY not in env:
+        raise TopologyError(
+            f"horovodrun: {_NUM_CITIES}={cities} but no {_CITY}; start one horovodrun per city, "
+            f"each with its own {_CITY} (docs/horovod.md)"
+        )
+    return Topology(
+        city=_override(env, _CITY, 0),
+        num_cities=cities,
+        local_rank=_first(env, _LOCAL_RANK, "HOROVOD_RANK"),
+        ranks_per_city=_first(env, _RANKS_PER_CITY, "HOROVOD_SIZE"),
+    )
+
+
 def from_torchrun(env: Mapping[str, str]) -> Topology:
     """torchrun numbers one flat world; CROSSCITY_NUM_CITIES cuts it into cities."""
     return _split_world(env, _int(env, "RANK"), _int(env, "WORLD_SIZE"), "torchrun")
@@ -150,8 +167,8 @@ def detect_topology(env: Mapping[str, str] | None = None) -> Topology:
     # torchrun inside a Slurm job also has SLURM_PROCID (of the torchrun process): torchrun wins.
     if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env and "SLURM_PROCID" not in env):
         return from_torchrun(env)
-    if "HOROVOD_RANK" in env and "HOROVOD_SIZE" in env:  # horovodrun: one flat world, like torchrun
-        return _split_world(env, _int(env, "HOROVOD_RANK"), _int(env, "HOROVOD_SIZE"), "horovodrun")
+    if "HOROVOD_RANK" in env and "HOROVOD_SIZE" in env:
+        return from_horovodrun(env)
     if "SLURM_PROCID" in env:
         return from_slurm(env)
     if mpi_rank_size(env) is not None:

@@ -147,6 +147,8 @@ class Trainer:
         self.sync: InterCitySync = build_sync(cfg.wan, self.model, self.optimizer, topo, self.groups)
         self.state = RankState()
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
+        # Who this rank sums gradients with: with Horovod, proof that its world is the city alone.
+        self.log.write("lan", backend=cfg.lan.backend, lan_rank=self.lan.rank, lan_size=self.lan.size)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.pending_vote: tuple[Any, torch.Tensor, bool] | None = None
         self.interval = StepInterval()
@@ -209,7 +211,9 @@ class Trainer:
         loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
         loss.backward()
         t2 = time.perf_counter()
-        votes = allreduce_gradients(self.model, self.lan, self.cfg.lan.grad_dtype, float(self.stop.raised))
+        words = [float(self.stop.raised), *self.sync.city_votes()]
+        votes, *sync_votes = allreduce_gradients(self.model, self.lan, self.cfg.lan.grad_dtype, words)
+        self.sync.take_city_votes(sync_votes)
         t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)

@@ -80,6 +80,13 @@ class InterCitySync(ABC):
         """Final full round so every city ends with the same parameters."""
         return self._round() if self.samples_since_round else None
 
+    def city_votes(self) -> list[float]:
+        """Control words to sum over the city with this step's gradients (streaming: landed results)."""
+        return []
+
+    def take_city_votes(self, sums: list[float]) -> None:  # noqa: B027 - optional hook
+        """The city-wide sums of `city_votes()`, before this step's after_step."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most algorithms hold nothing
         """Release background resources (streaming's exchange thread); called when the rank stops."""
 

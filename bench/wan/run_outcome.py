@@ -43,6 +43,7 @@ class RunOutcome:
     wan_bytes: int  # accounted by the trainer, all ranks
     wire_bytes: int | None  # measured on the emulated WAN, all cities
     compute_util: float  # 1 - t_wan / t_step: inner steps (LAN included) vs stalled on the WAN
+    city_util: tuple[float, float]  # (lowest, highest) city: the highest is the city the others wait for
     own_compute: float  # (t_data + t_compute) / t_step: capped by CPU contention on a shared host
     wan_rounds: int
 
@@ -99,18 +100,26 @@ def validation_curve(run_dir: Path) -> list[tuple[float, int, float]]:
     return curve
 
 
-def step_shares(run_dir: Path) -> tuple[float, float]:
-    """(compute utilisation, own-compute share), both averaged over ranks (module docstring)."""
+def step_shares(run_dir: Path) -> tuple[float, float, tuple[float, float]]:
+    """(compute utilisation, own-compute share), averaged over ranks (module docstring), and the
+    lowest and highest city's utilisation: cities that outpace the slowest one wait for it at the
+    next round, and that wait is WAN time too, so the spread shows load imbalance."""
     per_rank: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    city_of: dict[int, int] = {}
     for r in read_records(run_dir, "train"):
         sums = per_rank[r["global_rank"]]
+        city_of[r["global_rank"]] = r["city"]
         sums[0] += r["t_data"] + r["t_compute"]
         sums[1] += r["t_wan"]
         sums[2] += r["t_step"]
+    utils = {rank: 1 - wan / max(total, 1e-12) for rank, (_, wan, total) in per_rank.items()}
     n = max(len(per_rank), 1)
-    util = sum(1 - wan / max(total, 1e-12) for _, wan, total in per_rank.values()) / n
     own = sum(busy / max(total, 1e-12) for busy, _, total in per_rank.values()) / n
-    return util, own
+    by_city: dict[int, list[float]] = defaultdict(list)
+    for rank, u in utils.items():
+        by_city[city_of[rank]].append(u)
+    city_means = [sum(us) / len(us) for us in by_city.values()] or [0.0]
+    return sum(utils.values()) / n, own, (min(city_means), max(city_means))
 
 
 def read_outcome(run_dir: Path) -> RunOutcome:
@@ -122,7 +131,7 @@ def read_outcome(run_dir: Path) -> RunOutcome:
     bench_path = run_dir / BENCH_FILE
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else {}
     curve = validation_curve(run_dir)
-    util, own = step_shares(run_dir)
+    util, own, city_util = step_shares(run_dir)
     wan = read_records(run_dir, "wan")
     return RunOutcome(
         method=bench.get("method", summary["algorithm"]),
@@ -132,6 +141,7 @@ def read_outcome(run_dir: Path) -> RunOutcome:
         wan_bytes=sum(r["bytes_sent"] for r in wan),
         wire_bytes=sum(bench["wire_bytes"]) if "wire_bytes" in bench else None,
         compute_util=util,
+        city_util=city_util,
         own_compute=own,
         wan_rounds=summary["wan_rounds"],
     )
