@@ -20,7 +20,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from train.topology_env import detect_topology
 t = detect_topology()
-print("TOPO", json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]))
+print("TOPO", json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]), flush=True)
 """
 
 
@@ -161,7 +161,7 @@ def test_real_torchrun(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert layouts(done.stdout) == {(0, 2, 0, 1), (1, 2, 0, 1)}
+    assert layouts(done.stdout) == {(0, 2, 0, 1), (1, 2, 0, 1)}, (done.stdout[-2000:], done.stderr[-2000:])
 
 
 def test_real_mpiexec_with_mpi4py() -> None:
