@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_local_run import CONFIG, QUICK, REPO, crosscity, final_params, rank_pids, wait_for_step
+from tests.test_local_run import (
+    CONFIG,
+    QUICK,
+    REPO,
+    crosscity,
+    final_params,
+    rank_pids,
+    start_crosscity,
+    wait_for_step,
+)
 from train.config import ConfigError, load_config
 from train.metrics_log import read_records
 from train.topology import Topology, TopologyError
@@ -91,13 +100,7 @@ def test_preempted_city_rejoins_a_fresh_horovod_world(
     """SIGUSR2 to city 1: every rank re-initialises Horovod at the next rendezvous generation, and
     the result equals the uninterrupted run exactly."""
     run_dir = tmp_path / "interrupted"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", *run_args(small_dataset, run_dir, "horovod")],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    launcher = start_crosscity(*run_args(small_dataset, run_dir, "horovod"))
     try:
         wait_for_step(run_dir, rank=2, step=6)
         pids = rank_pids(run_dir)

@@ -29,6 +29,17 @@ def crosscity(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedPro
     )
 
 
+def start_crosscity(*args: str) -> subprocess.Popen:
+    """`crosscity ARGS` in the background, output captured: for tests that signal its ranks."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "final" / "model.pt", weights_only=False)["model"]
 
@@ -106,23 +117,8 @@ def test_missing_data_path_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def test_sigkill_of_one_rank_stops_everything(small_dataset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "launch.cli",
-            "run",
-            str(CONFIG),
-            f"data.dir={small_dataset}",
-            "train.steps=100000",
-            f"train.run_dir={run_dir}",
-            *QUICK,
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    forever = [f"data.dir={small_dataset}", "train.steps=100000", f"train.run_dir={run_dir}", *QUICK]
+    launcher = start_crosscity("run", str(CONFIG), *forever)
     try:
         wait_for_step(run_dir, rank=5, step=3)
         pids = rank_pids(run_dir)
@@ -155,13 +151,7 @@ def test_preempted_city_resumes_the_same_trajectory(
     r = crosscity("run", str(CONFIG), *common, f"train.run_dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "interrupted"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", "run", str(CONFIG), *common, f"train.run_dir={run_dir}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    launcher = start_crosscity("run", str(CONFIG), *common, f"train.run_dir={run_dir}")
     wait_for_step(run_dir, rank=2, step=10)
     for (city, _), pid in rank_pids(run_dir).items():
         if city == 1:
