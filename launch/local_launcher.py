@@ -3,8 +3,7 @@
 The launcher hosts the rendezvous store, starts one process per rank, and watches them: a rank
 that fails (or is killed) stops all others and the run exits non-zero naming it; a city whose
 ranks exit with EXIT_REQUEUE (preempted and checkpointed) is started again, like a requeued array
-task, while the other cities wait for it. With `lan.backend=horovod` it also hosts one Horovod
-rendezvous per city, as one horovodrun per city would (train/lan_horovod.py).
+task, while the other cities wait for it.
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
-
 from train.config import Config
-from train.lan_horovod import RendezvousHost, horovod_env
 from train.rendezvous import host_store
 from train.topology import Topology
 from train.trainer import EXIT_REQUEUE
@@ -71,8 +67,6 @@ class LocalLauncher:
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
         }
-        if self.cfg.lan.backend == "horovod":
-            env.update(horovod_env(topo, loopback=self.store_host == "127.0.0.1"))
         if self.city_env:
             env.update(self.city_env(topo.city))
         cmd = [
@@ -121,14 +115,11 @@ class LocalLauncher:
 
     def run(self) -> int:
         store = host_store("0.0.0.0" if self.store_host != "127.0.0.1" else "127.0.0.1")
-        horovod = self._horovod_rendezvous(store)
         requeues = {c: 0 for c in range(self.cfg.topology.cities)}
         for city in range(self.cfg.topology.cities):
             self._spawn_city(city, store.port)
         try:
             while True:
-                if horovod:
-                    horovod.poll()
                 codes = {g: r.proc.poll() for g, r in self.ranks.items()}
                 failed = [g for g, c in codes.items() if c not in (None, 0, EXIT_REQUEUE)]
                 if failed:
@@ -157,18 +148,9 @@ class LocalLauncher:
             self.kill_all()
             return 130
         finally:
-            if horovod:
-                horovod.stop()
             for r in self.ranks.values():
                 if r.echo_thread:
                     r.echo_thread.join(timeout=2)
-
-    def _horovod_rendezvous(self, store: dist.TCPStore) -> RendezvousHost | None:
-        """lan.backend=horovod: host each city's Horovod rendezvous beside the store, as horovodrun would."""
-        if self.cfg.lan.backend != "horovod":
-            return None
-        topo = self.cfg.topology
-        return RendezvousHost(store, self.store_host, topo.cities, topo.ranks_per_city)
 
     def _city_exited(self, city: int) -> bool:
         return all(r.proc.poll() is not None for r in self.ranks.values() if r.topo.city == city)

@@ -1,6 +1,7 @@
 """`lan.backend=horovod` on real processes: one Horovod world per city, the same model as the torch
-gloo path, a preempted city rejoining a fresh Horovod world, and clear config errors (Horovod not
-built, bf16, flat, one horovodrun for several cities)."""
+gloo path, a preempted city rejoining a fresh Horovod world, Slurm jobs that host their own
+rendezvous, and clear config errors (Horovod not built, bf16, flat, one horovodrun for several
+cities)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from tests.test_local_run import (
     start_crosscity,
     wait_for_step,
 )
+from tests.test_slurm_cluster import require_slurm
+from tests.test_slurm_submit import submit_and_wait
 from train.config import ConfigError, load_config
+from train.lan_horovod import Slot, city_slots
 from train.metrics_log import read_records
 from train.topology import Topology, TopologyError
 from train.topology_env import detect_topology
@@ -119,6 +123,37 @@ def test_preempted_city_rejoins_a_fresh_horovod_world(
     straight, interrupted = final_params(finished_run("horovod", "fp32")), final_params(run_dir)
     for name in straight:
         torch.testing.assert_close(interrupted[name], straight[name], rtol=0, atol=0)
+
+
+@pytest.mark.slurm
+def test_slurm_cities_host_their_own_horovod_rendezvous(small_dataset: Path, tmp_path: Path) -> None:
+    """`crosscity submit` with lan.backend=horovod: nothing but the ranks themselves serves Horovod's
+    rendezvous, and each rank still lands in a Horovod world of exactly its city."""
+    require_horovod()
+    require_slurm()
+    run_dir = tmp_path / "run"
+    overrides = [f"data.dir={small_dataset}", "data.cities=north,east", *COMMON, "lan.backend=horovod"]
+    submit_and_wait(run_dir, overrides, timeout_s=180)
+    records = read_records(run_dir, "lan")
+    assert sorted(r["global_rank"] for r in records) == [0, 1, 2, 3]
+    assert {(r["backend"], r["lan_rank"] - r["local_rank"], r["lan_size"]) for r in records} == {
+        ("horovod", 0, 2)
+    }
+    assert (run_dir / "final" / "model.pt").is_file()
+
+
+def test_city_slots_number_ranks_as_horovodrun_does() -> None:
+    assert city_slots(["n1", "n1"]) == [
+        Slot("localhost", 0, 0, 0, 2, 2, 1),
+        Slot("localhost", 1, 1, 0, 2, 2, 1),
+    ]
+    # two hosts, ranks interleaved: local ranks count per host, cross rank = the host's order
+    assert city_slots(["a", "b", "a", "b"]) == [
+        Slot("a", 0, 0, 0, 4, 2, 2),
+        Slot("b", 1, 0, 1, 4, 2, 2),
+        Slot("a", 2, 1, 0, 4, 2, 2),
+        Slot("b", 3, 1, 1, 4, 2, 2),
+    ]
 
 
 def test_missing_horovod_is_one_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

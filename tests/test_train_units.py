@@ -53,6 +53,20 @@ def test_capped_evaluation_spreads_over_the_split(val_windows: CityWindows) -> N
     assert capped["n_windows"] == 10
 
 
+@pytest.mark.parametrize("max_windows", [0, 25])
+def test_a_city_s_ranks_evaluating_a_part_each_add_up_to_the_whole(
+    val_windows: CityWindows, max_windows: int
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="mlp", hidden=16, layers=1), 48, val_windows.n_inputs, 24)
+    whole = evaluate(model, val_windows, batch_size=16, max_windows=max_windows)
+    parts = [evaluate(model, val_windows, 16, max_windows, part=k, parts=3) for k in range(3)]
+    assert all(p["n_windows"] > 0 for p in parts)
+    for key, value in whole.items():
+        assert sum(p[key] for p in parts) == pytest.approx(value, rel=1e-6), key  # fp32 batch sums
+    assert pool_metrics(parts)["rmse"] == pytest.approx(pool_metrics([whole])["rmse"], rel=1e-6)
+
+
 def test_batch_stream_resumes_mid_epoch_exactly(small_dataset: Path) -> None:
     ds = CityWindows(small_dataset / "east", split="train", past=48, horizon=24)
     first = BatchStream(ds, rank=1, world=2, batch_size=32, seed=5)

@@ -11,9 +11,15 @@ from torch.utils.data import Dataset
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: Dataset, batch_size: int = 512, max_windows: int = 0
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 512,
+    max_windows: int = 0,
+    part: int = 0,
+    parts: int = 1,
 ) -> dict[str, float]:
-    """Sums, not means, so cities can be pooled exactly later (`pool_metrics`)."""
+    """Sums, not means, so cities can be pooled exactly later (`pool_metrics`), and so the ranks of a
+    city can each evaluate every `parts`-th window (`part` is the first) and add their sums up."""
     was_training = model.training
     model.eval()
     n = len(dataset) if max_windows <= 0 else min(len(dataset), max_windows)
@@ -22,10 +28,10 @@ def evaluate(
         list(range(n))
         if n == len(dataset)
         else [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]
-    )
+    )[part::parts]
     mean, std, target_index = dataset.target_mean, dataset.target_std, dataset.target_index
     sums = {"se": 0.0, "ae": 0.0, "p_se": 0.0, "p_ae": 0.0, "count": 0.0}
-    for start in range(0, n, batch_size):
+    for start in range(0, len(indexes), batch_size):
         items = [dataset[i] for i in indexes[start : start + batch_size]]
         device = next(model.parameters(), torch.empty(0)).device
         x, y, mask = (torch.stack(parts).to(device) for parts in zip(*items, strict=True))
@@ -38,7 +44,7 @@ def evaluate(
             sums[prefix + "ae"] += float(err.abs().sum())
         sums["count"] += float(mask.sum())
     model.train(was_training)
-    return {**sums, "n_windows": float(n)}
+    return {**sums, "n_windows": float(len(indexes))}
 
 
 def pool_metrics(sums: list[dict[str, float]]) -> dict[str, float]:

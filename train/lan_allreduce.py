@@ -50,15 +50,14 @@ class TorchReducer:
 
 
 def open_reducer(
-    backend: str, topo: Topology, groups: Groups, world: bool, store: dist.Store, device: torch.device
+    backend: str, topo: Topology, groups: Groups, world: bool, device: torch.device
 ) -> LanReducer:
     """The reducer `lan.backend` names over the city (or every rank when `world`, torch only: the
-    config rejects Horovod with `wan.algorithm=flat`); `store` is this generation's store, where
-    the launcher publishes Horovod's rendezvous."""
+    config rejects Horovod with `wan.algorithm=flat`)."""
     if backend == "horovod":
         from train.lan_horovod import HorovodReducer
 
-        return HorovodReducer(topo, store, device)
+        return HorovodReducer(topo, groups.city, device)
     return TorchReducer(groups.world if world else groups.city)
 
 

@@ -8,91 +8,89 @@ step. With one world per city no Horovod traffic crosses cities: torch.distribut
 collective (WAN stripes, stop votes, barriers). `wan.algorithm=flat`, whose sum spans all cities, is
 rejected at load (train/config.py).
 
-Horovod's gloo controller meets at an HTTP rendezvous server, one per world. horovodrun (one per
-city) hosts one and exports HOROVOD_GLOO_RENDEZVOUS_ADDR/PORT; under `crosscity run` the launcher
-hosts one server per city and store generation and publishes their addresses in that generation's
-store. Fresh servers per generation are what let a preempted city rejoin: every rank re-initialises
-Horovod, and the old servers still hold the old worlds' addresses.
+Horovod's gloo controller meets at an HTTP rendezvous server, one per world. Under horovodrun (one
+per city) its server is used (HOROVOD_GLOO_RENDEZVOUS_ADDR/PORT). Otherwise, under `crosscity run`,
+Slurm or submitit alike, the city's local rank 0 hosts one in a thread for the generation and
+passes its address to the other ranks over the city's torch group; every rank exports what
+horovodrun would (its slot: host, rank, local and cross rank) for `hvd.init()`. A server per
+generation is what lets a preempted city rejoin: every rank re-initialises Horovod against a fresh
+world.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from train.rendezvous import generation, generation_store
 from train.topology import Topology
 
 _ADDR, _PORT = "HOROVOD_GLOO_RENDEZVOUS_ADDR", "HOROVOD_GLOO_RENDEZVOUS_PORT"
-_HOSTNAME = "localhost"  # the local launcher's ranks all share this host
-RENDEZVOUS_TIMEOUT_S = 120.0
+_LOOPBACK = "localhost"  # every rank of the city on this host: Horovod's gloo stays on `lo`
 
 
-def rendezvous_key(city: int) -> str:
-    """Where each generation's store holds `city`'s Horovod rendezvous, as "host:port"."""
-    return f"horovod_rendezvous/city{city}"
+@dataclass(frozen=True)
+class Slot:
+    """Where one rank of the city's world sits, as horovodrun would number it."""
+
+    hostname: str
+    rank: int
+    local_rank: int
+    cross_rank: int
+    size: int
+    local_size: int
+    cross_size: int
 
 
-def horovod_env(topo: Topology, loopback: bool) -> dict[str, str]:
-    """What horovodrun's gloo_run exports for one rank of a city's world, all on this host."""
+def city_slots(hosts: list[str]) -> list[Slot]:
+    """Slots for the city's ranks in local-rank order, `hosts[k]` being local rank k's host name;
+    ranks on one host are numbered in order, hosts in order of their first rank."""
+    order = list(dict.fromkeys(hosts))
+    if len(order) == 1:
+        hosts = [_LOOPBACK] * len(hosts)
+    slots = []
+    for rank, host in enumerate(hosts):
+        same = [r for r, h in enumerate(hosts) if h == host]
+        cross = order.index(host) if len(order) > 1 else 0
+        slots.append(Slot(host, rank, same.index(rank), cross, len(hosts), len(same), len(order)))
+    return slots
+
+
+def slot_env(slot: Slot) -> dict[str, str]:
+    """What horovodrun's gloo_run exports for the rank in `slot`."""
     env = {
         "HOROVOD_CONTROLLER": "gloo",
         "HOROVOD_CPU_OPERATIONS": "gloo",
-        "HOROVOD_HOSTNAME": _HOSTNAME,
-        "HOROVOD_RANK": str(topo.local_rank),
-        "HOROVOD_SIZE": str(topo.ranks_per_city),
-        "HOROVOD_LOCAL_RANK": str(topo.local_rank),
-        "HOROVOD_LOCAL_SIZE": str(topo.ranks_per_city),
-        "HOROVOD_CROSS_RANK": "0",
-        "HOROVOD_CROSS_SIZE": "1",
+        "HOROVOD_HOSTNAME": slot.hostname,
+        "HOROVOD_RANK": str(slot.rank),
+        "HOROVOD_SIZE": str(slot.size),
+        "HOROVOD_LOCAL_RANK": str(slot.local_rank),
+        "HOROVOD_LOCAL_SIZE": str(slot.local_size),
+        "HOROVOD_CROSS_RANK": str(slot.cross_rank),
+        "HOROVOD_CROSS_SIZE": str(slot.cross_size),
     }
-    if loopback:  # as horovodrun does for localhost-only runs; otherwise gloo uses the host name
-        env["HOROVOD_GLOO_IFACE"] = "lo"
+    if slot.hostname == _LOOPBACK:
+        env["HOROVOD_GLOO_IFACE"] = "lo"  # as horovodrun does for localhost-only runs
+    elif "HOROVOD_GLOO_IFACE" not in os.environ and "GLOO_SOCKET_IFNAME" in os.environ:
+        env["HOROVOD_GLOO_IFACE"] = os.environ["GLOO_SOCKET_IFNAME"]  # the NIC torch's gloo uses
     return env
 
 
-def _serve(ranks: int) -> tuple[Any, int]:
-    """A started rendezvous server for one world of `ranks` ranks on `_HOSTNAME`, and its port."""
+def _serve(slots: list[Slot]) -> tuple[Any, int]:
+    """A started rendezvous server for the city's world, and its port."""
     from horovod.runner.common.util.hosts import SlotInfo
     from horovod.runner.http.http_server import RendezvousServer
 
     server = RendezvousServer()
     port = server.start()
-    server.init([SlotInfo(_HOSTNAME, r, r, 0, ranks, ranks, 1) for r in range(ranks)])
+    server.init([SlotInfo(**vars(slot)) for slot in slots])
     return server, port
-
-
-class RendezvousHost:
-    """The launcher's side: per store generation, one Horovod rendezvous server per city."""
-
-    def __init__(self, store: dist.Store, host: str, cities: int, ranks_per_city: int) -> None:
-        self.store, self.host, self.cities, self.ranks_per_city = store, host, cities, ranks_per_city
-        self.gen = -1
-        self.servers: list[Any] = []
-        self.poll()
-
-    def poll(self) -> None:
-        """Serve the store's current generation (the launcher calls this from its watch loop)."""
-        gen = generation(self.store)
-        if gen == self.gen:
-            return
-        started = [_serve(self.ranks_per_city) for _ in range(self.cities)]
-        gen_store = generation_store(self.store, gen)
-        for city, (_, port) in enumerate(started):
-            gen_store.set(rendezvous_key(city), f"{self.host}:{port}")
-        self.stop()  # every rank of the old generation met long ago: it trained since
-        self.servers, self.gen = [server for server, _ in started], gen
-
-    def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
-        self.servers = []
 
 
 @contextlib.contextmanager
@@ -111,33 +109,19 @@ def _exported(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _rendezvous_env(store: dist.Store, city: int) -> dict[str, str]:
-    """horovodrun's server when it exported one, else the one the launcher published for my city."""
-    if _PORT in os.environ:
-        return {}
-    key = rendezvous_key(city)
-    try:
-        store.wait([key], timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
-    except RuntimeError:
-        raise RuntimeError(
-            f"lan.backend=horovod: no Horovod rendezvous was published within {RENDEZVOUS_TIMEOUT_S:.0f} s; "
-            "start the run with `crosscity run` (or one horovodrun per city): Slurm jobs do not host one"
-        ) from None
-    host, port = store.get(key).decode().rsplit(":", 1)
-    return {_ADDR: host, _PORT: port}
-
-
 class HorovodReducer:
     """The LAN sum in my city's own Horovod world (all of it: the world is the city)."""
 
-    def __init__(self, topo: Topology, store: dist.Store, device: torch.device) -> None:
+    def __init__(self, topo: Topology, city: dist.ProcessGroup, device: torch.device) -> None:
         import horovod.torch as hvd
 
         if device.type == "cuda" and not hvd.cuda_built():
             raise RuntimeError(
                 "lan.backend=horovod on GPU needs a Horovod built with CUDA (HOROVOD_GPU_OPERATIONS)"
             )
-        with _exported(_rendezvous_env(store, topo.city)):
+        self.server: Any = None
+        env = {} if _PORT in os.environ else self._host_rendezvous(topo, city, device)
+        with _exported(env):
             hvd.init()
         if hvd.rank() != topo.local_rank or hvd.size() != topo.ranks_per_city:
             raise RuntimeError(
@@ -148,8 +132,26 @@ class HorovodReducer:
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
 
+    def _host_rendezvous(
+        self, topo: Topology, city: dist.ProcessGroup, device: torch.device
+    ) -> dict[str, str]:
+        """Local rank 0 serves the city's rendezvous; every rank gets its slot and the address."""
+        hosts: list[Any] = [None] * topo.ranks_per_city
+        dist.all_gather_object(hosts, socket.gethostname(), group=city)
+        slots = city_slots(hosts)
+        address: list[Any] = [None]
+        if topo.local_rank == 0:
+            self.server, port = _serve(slots)
+            address = [f"{slots[0].hostname}:{port}"]
+        src = topo.rank_of(topo.city, 0)
+        dist.broadcast_object_list(address, src=src, group=city, device=device)
+        host, port = address[0].rsplit(":", 1)
+        return {**slot_env(slots[topo.local_rank]), _ADDR: host, _PORT: port}
+
     def sum_(self, wire: torch.Tensor) -> None:
         self.hvd.allreduce_(wire, op=self.hvd.Sum)
 
     def close(self) -> None:
         self.hvd.shutdown()
+        if self.server is not None:
+            self.server.stop()

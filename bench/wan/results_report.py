@@ -193,6 +193,13 @@ def write_results(
         f"- command: `crosscity bench wan {' '.join(a for a in argv if a != '--report-only')}`",
         f"- WAN: {args.cities} cities x {args.ranks_per_city} ranks, each city a network namespace; "
         f"{args.rate_mbit:g} Mbit/s TBF up and down per city, {args.delay_ms:g} ms one-way delay (NFQUEUE)",
+        "- compute: "
+        + (
+            f"{args.city_cpus:g} CPU per city (cgroup quota, bench/wan/city_cpu.py): each city a machine "
+            "of its own fixed speed, as real sites are"
+            if getattr(args, "city_cpus", 0) > 0
+            else "the cities share the host's cores (--city-cpus 0)"
+        ),
         f"- training: bench/wan/config.yaml, {args.steps} steps per rank, "
         "same seed, data and sample budget for every method",
         "- definitions (bench/wan/run_outcome.py): training clock from the first step, validation "

@@ -11,6 +11,7 @@ trains the same model on the same Beijing data with the same seed and sample bud
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -23,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # `crosscity bench wan` loads this file by path
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus  # noqa: E402
 from bench.wan.emulator import WanEmulator  # noqa: E402
 from bench.wan.link_probe import LinkReport, probe  # noqa: E402
 from bench.wan.results_report import BenchRun, mb, write_results  # noqa: E402
@@ -57,9 +59,15 @@ class BenchError(RuntimeError):
 
 
 def run_method(
-    wan: WanEmulator, method: str, run_dir: Path, overrides: list[str], config: Path = BASE_CONFIG
+    wan: WanEmulator,
+    method: str,
+    run_dir: Path,
+    overrides: list[str],
+    config: Path = BASE_CONFIG,
+    cpu: CityCpu | None = None,
 ) -> RunOutcome:
-    """Train one method with its ranks inside the emulator's city namespaces; return what it achieved."""
+    """Train one method with its ranks inside the emulator's city namespaces (and, with `cpu`, each
+    city on its own CPU budget); return what it achieved."""
     if method not in METHODS:
         raise BenchError(f"unknown method {method!r}: allowed {', '.join(METHODS)}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
@@ -74,7 +82,7 @@ def run_method(
         path,
         cfg,
         store_host=wan.coordinator_addr,
-        city_prefix=wan.exec_prefix,
+        city_prefix=lambda c: [*(cpu.exec_prefix(c) if cpu else []), *wan.exec_prefix(c)],
         city_env=lambda city: city_env,
         echo=False,
     )
@@ -115,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-mbit", type=float, default=50.0, help="per-city link rate, each direction")
     p.add_argument("--delay-ms", type=float, default=20.0, help="one-way delay between cities")
     p.add_argument("--steps", type=int, default=300, help="inner steps per rank (the sample budget)")
+    p.add_argument(
+        "--city-cpus",
+        default="auto",
+        help="CPU quota per city (cgroup), as separate sites have their own compute; "
+        "auto = 90%% of the cores split evenly, 0 = the cities share the host's cores",
+    )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from: {', '.join(METHODS)}")
     p.add_argument("--sweep", default="10,50,200", help="rates (Mbit/s) for the sweep table; '' = none")
     p.add_argument("--sweep-methods", default=",".join(SWEEP_METHODS))
@@ -167,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        args.city_cpus = auto_cpus(args.cities) if args.city_cpus == "auto" else float(args.city_cpus)
+        if args.city_cpus != 0:
+            CityCpu(args.cities, args.city_cpus)  # validates the quota against the host's cores
+    except ValueError as exc:
+        print(f"crosscity bench wan: --city-cpus {args.city_cpus!r}: {exc} (or auto, or 0)", file=sys.stderr)
+        return 2
+    try:
         plan = _plan(args)
         if args.report_only:
             return _report_only(args, argv, plan)
         ensure_data(args.data)
         return _run(args, argv, plan)
-    except BenchError as exc:
+    except (BenchError, CityCpuError) as exc:
         print(f"crosscity bench wan: {exc}", file=sys.stderr)
         return 1
 
@@ -193,7 +214,8 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[Job]) -> int:
         todo = [job for job in plan if job.rate == rate]
         if not todo:
             continue
-        with WanEmulator(args.cities, rate, args.delay_ms) as wan:
+        cpu = CityCpu(args.cities, args.city_cpus) if args.city_cpus > 0 else contextlib.nullcontext()
+        with WanEmulator(args.cities, rate, args.delay_ms) as wan, cpu as city_cpu:
             if rate == args.rate_mbit and args.cities >= 2:
                 link = probe(wan)
                 print(f"[bench] link check at {rate:g} Mbit/s: {link}", flush=True)
@@ -203,7 +225,7 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[Job]) -> int:
                 attempted += 1
                 try:
                     overrides = [*common, f"train.steps={job.steps}"]
-                    outcome = run_method(wan, method, _run_dir(args, job), overrides)
+                    outcome = run_method(wan, method, _run_dir(args, job), overrides, cpu=city_cpu)
                 except (BenchError, ValueError) as exc:  # one broken method must not void the others
                     failures.append(f"{method} @ {rate:g} Mbit/s: {exc}")
                     print(f"[bench] FAILED {failures[-1]}", flush=True)
