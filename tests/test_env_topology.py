@@ -15,12 +15,14 @@ from tests.test_slurm_cluster import REPO, require_slurm, sbatch, wait_finished
 from train.topology import Topology, TopologyError
 from train.topology_env import detect_topology, expand_hostlist, rendezvous_from_env
 
+# One write(2) per line: ranks share the job's output pipe, and separate writes of "TOPO" and the
+# JSON (print under PYTHONUNBUFFERED) interleaved with another rank's line in CI.
 PROBE = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, {repo!r})
 from train.topology_env import detect_topology
 t = detect_topology()
-print("TOPO", json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]), flush=True)
+os.write(1, ("TOPO " + json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]) + "\\n").encode())
 """
 
 
@@ -172,7 +174,8 @@ def test_real_mpiexec_with_mpi4py() -> None:
         "from train.topology_env import detect_topology, from_mpi; import os; c = MPI.COMM_WORLD; "
         "a = detect_topology(); b = from_mpi({'CROSSCITY_NUM_CITIES': '2'}); "
         "assert (a.local_rank, a.ranks_per_city) == (c.Get_rank(), c.Get_size()), a; "
-        "print('TOPO', json.dumps([b.city, b.num_cities, b.local_rank, b.ranks_per_city]))"
+        "line = 'TOPO ' + json.dumps([b.city, b.num_cities, b.local_rank, b.ranks_per_city]) + chr(10); "
+        "os.write(1, line.encode())"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CROSSCITY_"))}
     done = subprocess.run(
