@@ -96,7 +96,7 @@ def _serve(slots: list[Slot]) -> tuple[Any, int]:
 @contextlib.contextmanager
 def _exported(env: dict[str, str]) -> Iterator[None]:
     """Set `env` for Horovod's C++ side to read during init, then restore the previous values, so
-    that the next generation still tells the launcher's rendezvous from horovodrun's."""
+    that the next generation still tells horovodrun's rendezvous (exported) from ours (hosted anew)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -10,7 +10,6 @@ the same steady rate, and the share of a city that stalls on the WAN is lost, as
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -74,6 +73,8 @@ class CityCpu:
     def __enter__(self) -> CityCpu:
         hierarchy, v2 = _cpu_hierarchy(self.root)
         self.base = hierarchy / self.name
+        if v2:  # v2 hands a controller down one level at a time: root -> base -> the cities
+            (hierarchy / "cgroup.subtree_control").write_text("+cpu\n")
         self.base.mkdir(exist_ok=True)
         if v2:
             (self.base / "cgroup.subtree_control").write_text("+cpu\n")
@@ -95,9 +96,10 @@ class CityCpu:
         if self.base is None:
             return
         for d in [*(self.base.glob("city*")), self.base]:
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    d.rmdir()
-                except OSError as exc:
-                    log.warning("cgroup %s not removed: %s", d, exc)
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cgroup %s not removed: %s", d, exc)
         self.base = None

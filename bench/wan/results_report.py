@@ -122,8 +122,8 @@ def acceptance(runs: list[BenchRun]) -> str:
             ok = o.compute_util >= 0.9
             lines.append(
                 f"- [{'x' if ok else ' '}] {m} keeps compute utilisation >= 90%: {100 * o.compute_util:.0f}% "
-                f"(by city {100 * o.city_util[0]:.0f}-{100 * o.city_util[1]:.0f}%: the highest is the city "
-                f"the others wait for; own-compute share {100 * o.own_compute:.0f}%)"
+                f"(by city {100 * o.city_util[0]:.0f}-{100 * o.city_util[1]:.0f}%; "
+                f"own-compute share {100 * o.own_compute:.0f}%)"
             )
     return "\n".join(lines)
 
@@ -197,7 +197,7 @@ def write_results(
         + (
             f"{args.city_cpus:g} CPU per city (cgroup quota, bench/wan/city_cpu.py): each city a machine "
             "of its own fixed speed, as real sites are"
-            if getattr(args, "city_cpus", 0) > 0
+            if args.city_cpus > 0
             else "the cities share the host's cores (--city-cpus 0)"
         ),
         f"- training: bench/wan/config.yaml, {args.steps} steps per rank, "

@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.city_cpus = auto_cpus(args.cities) if args.city_cpus == "auto" else float(args.city_cpus)
-        if args.city_cpus != 0:
-            CityCpu(args.cities, args.city_cpus)  # validates the quota against the host's cores
+        cpu = CityCpu(args.cities, args.city_cpus) if args.city_cpus != 0 else None  # checks the quota
     except ValueError as exc:
         print(f"crosscity bench wan: --city-cpus {args.city_cpus!r}: {exc} (or auto, or 0)", file=sys.stderr)
         return 2
@@ -192,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only:
             return _report_only(args, argv, plan)
         ensure_data(args.data)
-        return _run(args, argv, plan)
+        return _run(args, argv, plan, cpu)
     except (BenchError, CityCpuError) as exc:
         print(f"crosscity bench wan: {exc}", file=sys.stderr)
         return 1
 
 
-def _run(args: argparse.Namespace, argv: list[str], plan: list[Job]) -> int:
+def _run(args: argparse.Namespace, argv: list[str], plan: list[Job], cpu: CityCpu | None) -> int:
     started, clock = datetime.now(UTC), time.monotonic()
     common = [
         f"data.dir={args.data.resolve()}",
@@ -214,8 +213,8 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[Job]) -> int:
         todo = [job for job in plan if job.rate == rate]
         if not todo:
             continue
-        cpu = CityCpu(args.cities, args.city_cpus) if args.city_cpus > 0 else contextlib.nullcontext()
-        with WanEmulator(args.cities, rate, args.delay_ms) as wan, cpu as city_cpu:
+        quota = cpu or contextlib.nullcontext()
+        with WanEmulator(args.cities, rate, args.delay_ms) as wan, quota as city_cpu:
             if rate == args.rate_mbit and args.cities >= 2:
                 link = probe(wan)
                 print(f"[bench] link check at {rate:g} Mbit/s: {link}", flush=True)

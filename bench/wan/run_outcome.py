@@ -43,7 +43,7 @@ class RunOutcome:
     wan_bytes: int  # accounted by the trainer, all ranks
     wire_bytes: int | None  # measured on the emulated WAN, all cities
     compute_util: float  # 1 - t_wan / t_step: inner steps (LAN included) vs stalled on the WAN
-    city_util: tuple[float, float]  # (lowest, highest) city: the highest is the city the others wait for
+    city_util: tuple[float, float]  # (lowest, highest) city: a wide spread = cities waited for a slower one
     own_compute: float  # (t_data + t_compute) / t_step: capped by CPU contention on a shared host
     wan_rounds: int
 
