@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_prep.datasets import beijing_files
-from data_prep.errors import DataPrepError, DatasetError
-from data_prep.prepare import append, prepare, print_report
-from data_prep.schema import POLICIES_BAD_INPUT, POLICIES_CONFLICT
-from data_prep.verify import verify_dataset
+from crosscity.data_prep.datasets import beijing_files
+from crosscity.data_prep.errors import DataPrepError, DatasetError
+from crosscity.data_prep.prepare import append, prepare, print_report
+from crosscity.data_prep.schema import POLICIES_BAD_INPUT, POLICIES_CONFLICT
+from crosscity.data_prep.verify import verify_dataset
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRESETS = {

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-
-from data_prep.errors import InputError
-from data_prep.schema import Schema
+from crosscity.data_prep.errors import InputError
+from crosscity.data_prep.schema import Schema
 
 COMPASS_POINTS = (
     "N",

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-
-from data_prep.errors import ConflictError
-from data_prep.shards import ShardRows
+from crosscity.data_prep.errors import ConflictError
+from crosscity.data_prep.shards import ShardRows
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_prep.csv_source import BAD_CLASSES, BadInput, CsvSource
-from data_prep.errors import DataPrepError, InputError
-from data_prep.manifest import (
+from crosscity.data_prep.csv_source import BAD_CLASSES, BadInput, CsvSource
+from crosscity.data_prep.errors import DataPrepError, InputError
+from crosscity.data_prep.manifest import (
     MANIFEST,
     commit_manifest,
     finish_manifest,
@@ -27,12 +27,13 @@ from data_prep.manifest import (
     new_manifest,
     write_global_stats,
 )
-from data_prep.merge import MergeCounts, merge_rows
-from data_prep.progress import Progress
-from data_prep.schema import Cities, Schema, load_cities, load_schema
-from data_prep.shards import read_shard, write_shard
-from data_prep.staging import Staging
-from train.atomic_io import atomic_write_text
+from crosscity.data_prep.merge import MergeCounts, merge_rows
+from crosscity.data_prep.progress import Progress
+from crosscity.data_prep.schema import Cities, Schema, load_cities, load_schema
+from crosscity.data_prep.shards import read_shard, write_shard
+from crosscity.data_prep.staging import Staging
+
+from crosscity.core.atomic_io import atomic_write_text
 
 SCHEMA_COPY = "schema.yaml"
 CITIES_COPY = "cities.yaml"

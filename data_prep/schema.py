@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from data_prep.errors import SchemaError
+from crosscity.data_prep.errors import SchemaError
 
 SCHEMA_VERSION = 1
 CATEGORICAL_ENCODINGS = ("compass16", "degrees")

@@ -10,8 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
-from data_prep.csv_source import RowChunk
+from crosscity.data_prep.csv_source import RowChunk
 
 StagingKey = tuple[str, str, int]  # (city, station, year)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from data_prep.errors import DatasetError
-from data_prep.manifest import MANIFEST, city_dirs, load_manifest
-from data_prep.schema import SCHEMA_VERSION
-from data_prep.shards import SHARD_FORMAT, sha256_file, shard_name
+from crosscity.data_prep.errors import DatasetError
+from crosscity.data_prep.manifest import MANIFEST, city_dirs, load_manifest
+from crosscity.data_prep.schema import SCHEMA_VERSION
+from crosscity.data_prep.shards import SHARD_FORMAT, sha256_file, shard_name
 
 
 def quick_check(city_dir: str | Path) -> None:

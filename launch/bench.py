@@ -1,33 +1,27 @@
-"""`crosscity bench NAME`: run a benchmark from the repository's bench/ folder."""
+"""`crosscity bench NAME`: run one of the benchmarks of `crosscity.bench` (bench/ in a checkout)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
-from pathlib import Path
 
-BENCH_ROOT = Path(__file__).resolve().parents[1] / "bench"
-BENCHES = {"wan": "wan/run_bench.py", "data": "data/run_bench.py", "monitor": "monitor/run_bench.py"}
+# name -> module with `main(argv) -> int`
+BENCHES = {
+    "wan": "crosscity.bench.wan.run_bench",
+    "data": "crosscity.bench.data.run_bench",
+    "monitor": "crosscity.bench.monitor.overhead",
+}
+USAGE = f"usage: crosscity bench {{{','.join(BENCHES)}}} [options]   (each has --help)"
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        for name, module in BENCHES.items():
+            doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
+            print(f"  {name:8s} {doc[0] if doc else ''}")
+        return 0
     if not argv or argv[0] not in BENCHES:
-        print(
-            f"usage: crosscity bench {{{','.join(BENCHES)}}} [options]  "
-            f"(run from a clone: needs {BENCH_ROOT})",
-            file=sys.stderr,
-        )
+        print(f"crosscity bench: {argv[0] + ': unknown benchmark; ' if argv else ''}{USAGE}", file=sys.stderr)
         return 2
-    path = BENCH_ROOT / BENCHES[argv[0]]
-    if not path.is_file():
-        print(
-            f"crosscity bench: {path} not found; benchmarks run from a git clone of crosscity",
-            file=sys.stderr,
-        )
-        return 2
-    spec = importlib.util.spec_from_file_location(f"crosscity_bench_{argv[0]}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return int(module.main(argv[1:]) or 0)
+    return int(importlib.import_module(BENCHES[argv[0]]).main(argv[1:]) or 0)

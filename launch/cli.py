@@ -11,17 +11,26 @@ import importlib
 import sys
 from pathlib import Path
 
-from train.config import ConfigError
+from crosscity.config.schema import ConfigError
 
 # name -> (module with `main(argv) -> int`, one-line description)
 DELEGATED = {
-    "prep": ("data_prep.cli", "raw CSV -> per-city HDF5 shards (also: prep append, prep verify)"),
-    "submit": ("launch.submit", "submit the cities as Slurm job arrays (sbatch scripts, or --via submitit)"),
-    "sweep": ("launch.sweep", "hyperparameter sweep as one throttled Slurm array (or --local)"),
-    "status": ("launch.job_status", "state, step and last log line of each city of a run"),
-    "report": ("launch.report", "Markdown summary and plots of a run or a sweep"),
-    "bench": ("launch.bench", "benchmarks: `bench wan` (emulated WAN, root), `bench data`"),
-    "coordinator": ("launch.coordinator", "host the rendezvous store for the cities of a Slurm run"),
+    "prep": ("crosscity.data_prep.cli", "raw CSV -> per-city HDF5 shards (also: prep append, prep verify)"),
+    "submit": (
+        "crosscity.launch.slurm.submit",
+        "submit the cities as Slurm job arrays (sbatch scripts, or --via submitit)",
+    ),
+    "sweep": (
+        "crosscity.launch.slurm.sweep",
+        "hyperparameter sweep as one throttled Slurm array (or --local)",
+    ),
+    "status": ("crosscity.launch.slurm.status", "state, step and last log line of each city of a run"),
+    "report": ("crosscity.launch.report.command", "Markdown summary and plots of a run or a sweep"),
+    "bench": ("crosscity.launch.bench", "benchmarks: `bench wan` (emulated WAN, root), `bench data`"),
+    "coordinator": (
+        "crosscity.launch.coordinator",
+        "host the rendezvous store for the cities of a Slurm run",
+    ),
 }
 
 EPILOG = """examples:
@@ -83,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from launch.run_command import run_command
+            from crosscity.launch.local.run import run_command
 
             return run_command(args.config, args.overrides)
         if args.command == "train":
-            from train.trainer import run_rank
+            from crosscity.train.trainer import run_rank
 
             return run_rank(Path(args.run_dir))
         if args.command == "demo":
-            from launch.demo import run_demo
+            from crosscity.launch.local.demo import run_demo
 
             return run_demo(Path(args.out), args.overrides)
     except ConfigError as exc:

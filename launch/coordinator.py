@@ -11,9 +11,10 @@ import json
 import time
 from pathlib import Path
 
-from train.atomic_io import atomic_write_text
-from train.config import load_config
-from train.rendezvous import COORDINATOR_FILE, FINISHED_KEY, advertised_host, host_store
+from crosscity.train.distributed.rendezvous import COORDINATOR_FILE, FINISHED_KEY, advertised_host, host_store
+
+from crosscity.config.schema import load_config
+from crosscity.core.atomic_io import atomic_write_text
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from train.config import Config, load_config, save_config
+from crosscity.config.schema import Config, load_config, save_config
 
 
 def resolve_run(

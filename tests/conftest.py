@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from data_prep import cli as prep_cli
-from data_prep.datasets import beijing_files
+from crosscity.data_prep import cli as prep_cli
+from crosscity.data_prep.datasets import beijing_files
 
 # Tests run as `.venv/bin/python -m pytest` without an activated venv: put the interpreter's bin
 # folder first on PATH so its console scripts (torchrun, mpiexec, crosscity) are found, by the tests

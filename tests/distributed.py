@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch.multiprocessing as mp
-
-from train.process_groups import Groups, destroy_groups, init_groups
-from train.rendezvous import host_store
-from train.topology import Topology
+from crosscity.train.distributed.process_groups import Groups, destroy_groups, init_groups
+from crosscity.train.distributed.rendezvous import host_store
+from crosscity.train.distributed.topology import Topology
 
 
 def _worker(

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
+from crosscity.bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root for cgroups"

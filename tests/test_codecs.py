@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from train.codecs import CHUNK, CODECS, ErrorFeedback, make_codec
+from crosscity.train.wan.codecs import CHUNK, CODECS, ErrorFeedback, make_codec
 
 LOSSY = [name for name in CODECS if name != "none"]
 

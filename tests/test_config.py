@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.config import Config, ConfigError, keys_table, load_config, save_config
+from crosscity.config.schema import Config, ConfigError, keys_table, load_config, save_config
 
 
 def test_defaults_validate() -> None:
@@ -65,7 +65,9 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
 
 def test_readme_config_table_is_current() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert keys_table() in readme, "README's config table is stale: paste `python -m train.config` into it"
+    assert keys_table() in readme, (
+        "README's config table is stale: paste `python -m crosscity.config.schema` into it"
+    )
 
 
 def test_per_city_slurm_fields_take_dotted_overrides() -> None:

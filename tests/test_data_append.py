@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crosscity.data_prep.cli import main
+from crosscity.data_prep.errors import ConflictError, DataPrepError, DatasetError
+from crosscity.data_prep.manifest import global_stats, load_manifest
+from crosscity.data_prep.prepare import append, prepare
+from crosscity.data_prep.shards import read_shard
+from crosscity.data_prep.verify import full_check, verify_dataset
+from crosscity.train.data.windows import CityWindows
 
-from data_prep.cli import main
-from data_prep.errors import ConflictError, DataPrepError, DatasetError
-from data_prep.manifest import global_stats, load_manifest
-from data_prep.prepare import append, prepare
-from data_prep.shards import read_shard
-from data_prep.verify import full_check, verify_dataset
-from data_prep.windows import CityWindows
 from tests.test_data_helpers import PRESET_SCHEMA, small_cities, small_inputs, station_lines, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_global_stats_equal_pooled_statistics(data, tmp_path):
 
 KILLER = """
 import sys, time, pathlib
-import data_prep.prepare as prep
+import crosscity.data_prep.prepare as prep
 real, calls = prep.commit_manifest, []
 def commit(city_dir, manifest):
     calls.append(city_dir)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crosscity.data_prep.cli import main
+from crosscity.data_prep.csv_source import BadInput, CsvSource
+from crosscity.data_prep.errors import ConflictError, InputError, SchemaError
+from crosscity.data_prep.prepare import prepare
+from crosscity.data_prep.schema import load_schema
 
-from data_prep.cli import main
-from data_prep.csv_source import BadInput, CsvSource
-from data_prep.errors import ConflictError, InputError, SchemaError
-from data_prep.prepare import prepare
-from data_prep.schema import load_schema
 from tests.test_data_helpers import PRESET_SCHEMA, small_cities, station_lines, write_csv
 
 ROWS = 40

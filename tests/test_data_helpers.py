@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from data_prep.datasets import BEIJING_DIR
+from crosscity.data_prep.datasets import BEIJING_DIR
 
 PRESET_SCHEMA = Path(__file__).parent.parent / "data_prep" / "presets" / "beijing_schema.yaml"
 SMALL_CITIES = """cities:

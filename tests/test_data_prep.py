@@ -9,14 +9,14 @@ import time
 import h5py
 import numpy as np
 import pytest
+from crosscity.data_prep.cli import main
+from crosscity.data_prep.datasets import beijing_files
+from crosscity.data_prep.errors import DatasetError
+from crosscity.data_prep.manifest import GLOBAL_STATS, load_manifest
+from crosscity.data_prep.prepare import prepare
+from crosscity.data_prep.progress import Progress
+from crosscity.data_prep.verify import full_check, quick_check
 
-from data_prep.cli import main
-from data_prep.datasets import beijing_files
-from data_prep.errors import DatasetError
-from data_prep.manifest import GLOBAL_STATS, load_manifest
-from data_prep.prepare import prepare
-from data_prep.progress import Progress
-from data_prep.verify import full_check, quick_check
 from tests.test_data_helpers import PRESET_SCHEMA, small_cities, small_inputs, station_lines
 
 FEATURES = [

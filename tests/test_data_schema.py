@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from crosscity.data_prep.csv_source import COMPASS16
+from crosscity.data_prep.manifest import load_manifest
+from crosscity.data_prep.prepare import prepare
+from crosscity.data_prep.verify import verify_dataset
+from crosscity.train.data.windows import CityWindows
 
-from data_prep.csv_source import COMPASS16
-from data_prep.manifest import load_manifest
-from data_prep.prepare import prepare
-from data_prep.verify import verify_dataset
-from data_prep.windows import CityWindows
 from tests.test_data_helpers import station_lines
 
 SCHEMA = r"""

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from crosscity.data_prep.prepare import prepare
+from crosscity.data_prep.shards import read_shard
+from crosscity.train.data.windows import CityWindows, RankSampler, split_ranges
 
-from data_prep.prepare import prepare
-from data_prep.shards import read_shard
-from data_prep.windows import CityWindows, RankSampler, split_ranges
 from tests.test_data_helpers import PRESET_SCHEMA, small_cities, small_inputs
 
 PAST, HORIZON = 24, 12

@@ -16,7 +16,7 @@ def test_demo_prepares_trains_and_reports(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "launch.cli",
+            "crosscity",
             "demo",
             "--out",
             str(out),

@@ -10,17 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from crosscity.train.distributed.topology import Topology, TopologyError
+from crosscity.train.distributed.topology_env import detect_topology, expand_hostlist, rendezvous_from_env
 
-from tests.test_slurm_cluster import REPO, require_slurm, sbatch, wait_finished
-from train.topology import Topology, TopologyError
-from train.topology_env import detect_topology, expand_hostlist, rendezvous_from_env
+from tests.test_slurm_cluster import require_slurm, sbatch, wait_finished
 
 # One write(2) per line: ranks share the job's output pipe, and separate writes of "TOPO" and the
 # JSON (print under PYTHONUNBUFFERED) interleaved with another rank's line in CI.
 PROBE = """
 import json, os, sys
-sys.path.insert(0, {repo!r})
-from train.topology_env import detect_topology
+from crosscity.train.distributed.topology_env import detect_topology
 t = detect_topology()
 os.write(1, ("TOPO " + json.dumps([t.city, t.num_cities, t.local_rank, t.ranks_per_city]) + "\\n").encode())
 """
@@ -43,7 +42,7 @@ def require_mpiexec() -> str:
 def probe(folder: Path) -> Path:
     """A script that prints its rank's detected topology as one JSON line."""
     path = folder / "probe.py"
-    path.write_text(PROBE.format(repo=str(REPO)))
+    path.write_text(PROBE)
     return path
 
 
@@ -170,8 +169,9 @@ def test_real_mpiexec_with_mpi4py() -> None:
     mpiexec = require_mpiexec()
     # Each rank checks the launcher-variable path and the mpi4py path against COMM_WORLD.
     script = (
-        f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from mpi4py import MPI; "
-        "from train.topology_env import detect_topology, from_mpi; import os; c = MPI.COMM_WORLD; "
+        "import sys, json; from mpi4py import MPI; "
+        "from crosscity.train.distributed.topology_env import detect_topology, from_mpi; import os; "
+        "c = MPI.COMM_WORLD; "
         "a = detect_topology(); b = from_mpi({'CROSSCITY_NUM_CITIES': '2'}); "
         "assert (a.local_rank, a.ranks_per_city) == (c.Get_rank(), c.Get_size()), a; "
         "line = 'TOPO ' + json.dumps([b.city, b.num_cities, b.local_rank, b.ranks_per_city]) + chr(10); "

@@ -8,10 +8,8 @@ import time
 
 import pynvml
 import pytest
-
-from tests.fake_pynvml import FakeGpu, FakeNvml, typical_values
-from train import gpu_monitor
-from train.gpu_monitor import (
+from crosscity.train.observe import gpu_monitor
+from crosscity.train.observe.gpu_monitor import (
     THROTTLE_REASONS,
     GpuMonitor,
     decode_throttle_reasons,
@@ -20,7 +18,9 @@ from train.gpu_monitor import (
     resolve_devices,
     visible_devices,
 )
-from train.host_monitor import HostSampler
+from crosscity.train.observe.host_monitor import HostSampler
+
+from tests.fake_pynvml import FakeGpu, FakeNvml, typical_values
 
 UUID_A = "GPU-aaaa1111-0000-0000-0000-000000000000"
 UUID_B = "GPU-bbbb2222-0000-0000-0000-000000000000"

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from crosscity.train.distributed.topology import Topology, TopologyError
+from crosscity.train.distributed.topology_env import detect_topology
+from crosscity.train.lan.horovod import Slot, city_slots
+from crosscity.train.observe.metrics_log import read_records
 
+from crosscity.config.schema import ConfigError, load_config
 from tests.test_local_run import (
     CONFIG,
     QUICK,
@@ -27,11 +32,6 @@ from tests.test_local_run import (
 )
 from tests.test_slurm_cluster import require_slurm
 from tests.test_slurm_submit import submit_and_wait
-from train.config import ConfigError, load_config
-from train.lan_horovod import Slot, city_slots
-from train.metrics_log import read_records
-from train.topology import Topology, TopologyError
-from train.topology_env import detect_topology
 
 # 2 cities x 2 ranks; DiLoCo rounds every 4 steps so the LAN sum shapes what crosses the WAN.
 COMMON = [
@@ -171,7 +171,10 @@ def test_bf16_with_horovod_is_a_config_error() -> None:
 
 
 def test_missing_horovod_is_one_line_exit_2(tmp_path: Path) -> None:
-    hide = "import sys; sys.modules['horovod.torch'] = None; from launch.cli import main; sys.exit(main())"
+    hide = (
+        "import sys; sys.modules['horovod.torch'] = None; "
+        "from crosscity.launch.cli import main; sys.exit(main())"
+    )
     r = subprocess.run(
         [sys.executable, "-c", hide, "run", str(CONFIG), "lan.backend=horovod", f"train.run_dir={tmp_path}"],
         cwd=REPO,

@@ -20,7 +20,7 @@ QUICK = ["model.hidden=32", "train.eval_every=0", "train.max_val_windows=200", "
 
 def crosscity(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "launch.cli", *args],
+        [sys.executable, "-m", "crosscity", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -32,7 +32,7 @@ def crosscity(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedPro
 def start_crosscity(*args: str) -> subprocess.Popen:
     """`crosscity ARGS` in the background, output captured: for tests that signal its ranks."""
     return subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", *args],
+        [sys.executable, "-m", "crosscity", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,10 +10,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.observe.sinks import PrometheusSink, make_sinks, numeric_fields, tensorboard_sink
 
-from train.config import MonitorConfig
-from train.metric_sinks import PrometheusSink, make_sinks, numeric_fields, tensorboard_sink
-from train.topology import Topology
+from crosscity.config.schema import MonitorConfig
 
 LINE = re.compile(r"^(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 

@@ -6,8 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from launch.run_report import main, write_report
-from train.config import load_config, save_config
+from crosscity.launch.report.run_report import main, write_report
+
+from crosscity.config.schema import load_config, save_config
 
 T0 = 1_790_000_000.0
 CITIES, RANKS, STEPS, LOG_EVERY = 2, 2, 60, 5
@@ -248,9 +249,9 @@ def test_bad_inputs_are_named(tmp_path, capsys):
 
 def test_monitor_records_written_by_metrics_log_reach_the_report(tmp_path):
     """The real chain: GpuMonitor -> MetricsLog JSONL -> report (host samples on a GPU-less machine)."""
-    from train.gpu_monitor import GpuMonitor
-    from train.metrics_log import MetricsLog
-    from train.topology import Topology
+    from crosscity.train.distributed.topology import Topology
+    from crosscity.train.observe.gpu_monitor import GpuMonitor
+    from crosscity.train.observe.metrics_log import MetricsLog
 
     log = MetricsLog(tmp_path / "metrics" / "rank1.jsonl", Topology(0, 1, 1, 2))
     with GpuMonitor(lambda r: log.write(**r), 0.02, devices=[]):
@@ -278,7 +279,7 @@ def test_monitor_records_written_by_metrics_log_reach_the_report(tmp_path):
 def test_streaming_hint_names_the_overlap_that_would_hide_the_exchange():
     from types import SimpleNamespace
 
-    from launch.run_report import _overlap_hint
+    from crosscity.launch.report.run_report import _overlap_hint
 
     train = [{"t_step": 0.05}] * 10
     late = [{"seconds": 0.6, "blocked_s": 0.3, "overlap_steps": 4}] * 3

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from launch.job_status import JobState, query_states
+from crosscity.launch.slurm.status import JobState, query_states
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster.sh"

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from crosscity.launch.slurm.status import format_rows
+from crosscity.launch.slurm.submit import TEMPLATE_DIRS, plan_run, resource_directives, write_jobs
+from crosscity.launch.slurm.submitit_jobs import EXIT_REQUEUE, describe_run
+from crosscity.train import trainer
+from crosscity.train.distributed.topology import TopologyError
+from crosscity.train.distributed.topology_env import detect_topology
 
-from launch.job_status import format_rows
-from launch.submit import TEMPLATE_DIRS, plan_run, resource_directives, write_jobs
-from launch.submitit_jobs import EXIT_REQUEUE, describe_run
+from crosscity.config.schema import ConfigError, SlurmConfig, load_config
 from tests.test_env_topology import require_mpiexec
 from tests.test_slurm_cluster import DEV_CLUSTER, REPO, max_array_size, require_slurm, sbatch, wait_finished
-from train import trainer
-from train.config import ConfigError, SlurmConfig, load_config
-from train.topology import TopologyError
-from train.topology_env import detect_topology
 
 CONFIG = REPO / "configs" / "beijing_mlp.yaml"
 QUICK = [
@@ -48,7 +48,7 @@ def requeue_run_overrides(small_dataset: Path) -> list[str]:
 
 def crosscity(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "launch.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "crosscity", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 

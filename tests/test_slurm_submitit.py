@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from crosscity.launch.slurm.submitit_jobs import submit_run
 
-from launch.submitit_jobs import submit_run
 from tests.test_slurm_cluster import REPO, require_slurm, wait_finished
 from tests.test_slurm_submit import CONFIG, crosscity, final_params, requeue_run_overrides
 

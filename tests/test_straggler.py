@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from train.straggler import StragglerDetector, peer_ratios
+from crosscity.train.observe.straggler import StragglerDetector, peer_ratios
 
 
 def feed(det: StragglerDetector, rows: list[dict[int, float]], start: int = 1) -> list[dict]:

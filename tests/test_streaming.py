@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 import torch
+from crosscity.train.distributed.process_groups import Groups
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.lan.allreduce import TorchReducer, allreduce_gradients
+from crosscity.train.wan.streaming import StreamingSync
+from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from crosscity.config.schema import ConfigError, WanConfig, load_config
 from tests.distributed import run_on_cities
-from train.config import ConfigError, WanConfig, load_config
-from train.lan_allreduce import TorchReducer, allreduce_gradients
-from train.process_groups import Groups
-from train.streaming_diloco import StreamingSync
-from train.topology import Topology
-from train.wan_averager import InterCitySync, WanRound, build_sync
 
 INNER_LR = 0.05
 

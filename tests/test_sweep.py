@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from crosscity.launch.slurm.sweep import grid_points, parse_grid
 
-from launch.sweep import grid_points, parse_grid
+from crosscity.config.schema import ConfigError
 from tests.test_slurm_cluster import REPO, max_array_size, require_slurm, wait_finished
-from train.config import ConfigError
 
 CONFIG = REPO / "configs" / "beijing_mlp.yaml"
 PAYLOAD = """
@@ -43,7 +43,7 @@ def sweep(sweep_dir: Path, seeds: int, *args: str, sleep_s: float = 1.0) -> subp
     cmd = [
         sys.executable,
         "-m",
-        "launch.cli",
+        "crosscity",
         "sweep",
         str(CONFIG),
         "--grid",
@@ -79,7 +79,8 @@ def report(sweep_dir: Path) -> str:
         [
             sys.executable,
             "-c",
-            f"import sys; from launch.sweep import report_main; sys.exit(report_main([{str(sweep_dir)!r}]))",
+            "import sys; from crosscity.launch.slurm.sweep import report_main; "
+            f"sys.exit(report_main([{str(sweep_dir)!r}]))",
         ],
         cwd=REPO,
         capture_output=True,
@@ -131,7 +132,7 @@ def test_throttled_sweep_failed_point_report_and_retry(tmp_path: Path) -> None:
 
     (sweep_dir / "fail2").unlink()
     retry = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "sweep", "--retry-failed", str(sweep_dir)],
+        [sys.executable, "-m", "crosscity", "sweep", "--retry-failed", str(sweep_dir)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -177,7 +178,7 @@ def test_local_sweep_without_slurm(tmp_path: Path) -> None:
     assert {e["name"]: e["exit_code"] for e in jobs["entries"]} == {"p000": 0, "p001": 3, "p002": 0}
     (sweep_dir / "fail1").unlink()
     retry = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "sweep", "--retry-failed", str(sweep_dir), "--local"],
+        [sys.executable, "-m", "crosscity", "sweep", "--retry-failed", str(sweep_dir), "--local"],
         cwd=REPO,
         capture_output=True,
         text=True,

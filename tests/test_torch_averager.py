@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from crosscity.train.distributed.process_groups import Groups
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.wan.collectives import ring_allreduce_bytes
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 from torch.nn.utils import parameters_to_vector
 
+from crosscity.config.schema import WanConfig
 from tests.distributed import run_on_cities
 from tests.test_streaming import by_rank, fresh, run_steps, train
-from train.config import WanConfig
-from train.process_groups import Groups
-from train.topology import Topology
-from train.wan_collectives import ring_allreduce_bytes
 
 H, STEPS, BATCH = 3, 10, 8
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from crosscity.train.checkpoint import load_checkpoint, save_checkpoint
+from crosscity.train.data.batches import BatchStream
+from crosscity.train.data.windows import CityWindows
+from crosscity.train.evaluate import evaluate, pool_metrics
+from crosscity.train.models import build_model
 from torch import nn
 
-from data_prep.windows import CityWindows
-from train.batches import BatchStream
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import ModelConfig
-from train.evaluate import evaluate, pool_metrics
-from train.models import build_model
+from crosscity.config.schema import ModelConfig
 
 
 @pytest.fixture(scope="module")

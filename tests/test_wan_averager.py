@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from crosscity.train.wan.sync import AverageSync, DiLoCoSync, SyncSchedule
 from torch import nn
 
+from crosscity.config.schema import ConfigError, WanConfig
 from tests.distributed import run_on_cities
-from train.config import ConfigError, WanConfig
-from train.wan_averager import AverageSync, DiLoCoSync, SyncSchedule
 
 CITY_SAMPLES = {0: 10, 1: 30}  # unequal: FedAvg weights must follow them exactly
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from crosscity.train.distributed.process_groups import Groups
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.wan.codecs import CODECS, ErrorFeedback, make_codec
+from crosscity.train.wan.collectives import WanBytes, average_across_cities, check_participants, stripe_bounds
 
 from tests.distributed import run_on_cities
-from train.codecs import CODECS, ErrorFeedback, make_codec
-from train.process_groups import Groups
-from train.topology import Topology
-from train.wan_collectives import WanBytes, average_across_cities, check_participants, stripe_bounds
 
 NUMEL = 1001  # odd: stripes of 501 and 500 values
 THREE_CITY_NUMEL = 30_000

@@ -13,11 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from bench.wan.emulator import WanEmulator
-from bench.wan.link_probe import LinkReport, probe
-from bench.wan.run_bench import run_method
-from train.codecs import make_codec
+from crosscity.bench.wan.emulator import WanEmulator
+from crosscity.bench.wan.link_probe import LinkReport, probe
+from crosscity.bench.wan.run_bench import run_method
+from crosscity.train.wan.codecs import make_codec
 
 RATE_MBIT, DELAY_MS = 50.0, 20.0
 PREFIX, SUBNET, QUEUE = "cct", "10.77.1.0/24", 7701

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.atomic_io import atomic_write
+from crosscity.core.atomic_io import atomic_write
 
 
 def rng_state() -> dict[str, Any]:

@@ -18,24 +18,36 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from crosscity.data_prep.verify import full_check, quick_check
+from crosscity.train.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from crosscity.train.data.batches import BatchStream
+from crosscity.train.data.windows import CityWindows
+from crosscity.train.distributed.process_groups import destroy_groups, init_groups, pick_backend, pick_device
+from crosscity.train.distributed.rendezvous import (
+    FINISHED_KEY,
+    advance_generation,
+    connect_store,
+    generation,
+    generation_store,
+)
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.evaluate import evaluate, pool_metrics
+from crosscity.train.lan.allreduce import allreduce_gradients, open_reducer
+from crosscity.train.models import build_model
+from crosscity.train.observe.metrics_log import MetricsLog
+from crosscity.train.observe.straggler import StragglerDetector
+from crosscity.train.observe.telemetry import start_telemetry
+from crosscity.train.run_summary import write_summary
+from crosscity.train.wan.collectives import ring_allreduce_bytes
+from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
 
-from data_prep.verify import full_check, quick_check
-from data_prep.windows import CityWindows
-from train.batches import BatchStream
-from train.checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import Config, load_config
-from train.evaluate import evaluate, pool_metrics
-from train.lan_allreduce import allreduce_gradients, open_reducer
-from train.metrics_log import MetricsLog
-from train.models import build_model
-from train.process_groups import destroy_groups, init_groups, pick_backend, pick_device
-from train.rendezvous import FINISHED_KEY, advance_generation, connect_store, generation, generation_store
-from train.run_summary import write_summary
-from train.straggler import StragglerDetector
-from train.telemetry import start_telemetry
-from train.topology import Topology
-from train.wan_averager import InterCitySync, WanRound, build_sync
-from train.wan_collectives import ring_allreduce_bytes
+from crosscity.config.schema import Config, load_config
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
 RESTART = -1

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+from crosscity.data_prep.datasets import beijing_files
+from crosscity.data_prep.schema import load_cities
+from crosscity.train.data.windows import CityWindows, RankSampler
+from crosscity.train.models import build_model
 
-from data_prep.datasets import beijing_files
-from data_prep.schema import load_cities
-from data_prep.windows import CityWindows, RankSampler
-from train.atomic_io import atomic_write_text
-from train.config import ModelConfig
-from train.models import build_model
+from crosscity.config.schema import ModelConfig
+from crosscity.core.atomic_io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -37,7 +37,7 @@ PRESETS = REPO / "data_prep" / "presets"
 PREP_CHILD = """
 import json, re, sys, time
 from pathlib import Path
-from data_prep.prepare import prepare
+from crosscity.data_prep.prepare import prepare
 start = time.perf_counter()
 report = prepare(sys.argv[1], sys.argv[2], sys.argv[3], [Path(p) for p in sys.argv[4:]], progress=False)
 hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))

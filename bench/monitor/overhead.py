@@ -22,11 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.observe.gpu_monitor import GpuMonitor
+from crosscity.train.observe.metrics_log import MetricsLog
 from torch import nn
-
-from train.gpu_monitor import GpuMonitor
-from train.metrics_log import MetricsLog
-from train.topology import Topology
 
 
 def make_step(seed: int) -> tuple[nn.Module, Callable[[], None]]:

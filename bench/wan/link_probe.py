@@ -5,8 +5,8 @@ benchmark measure the links for real instead of trusting the configuration: TCP 
 TCP goodput, and the time of a gloo all_reduce between one process in each of two cities.
 
 `probe(wan)` runs the roles below as subprocesses inside the namespaces
-(`python -m bench.wan.link_probe ROLE ...`) and returns a LinkReport;
-`python -m bench.wan.link_probe --cities 2 --rate-mbit 50 --delay-ms 20` prints one (root).
+(`python -m crosscity.bench.wan.link_probe ROLE ...`) and returns a LinkReport;
+`python -m crosscity.bench.wan.link_probe --cities 2 --rate-mbit 50 --delay-ms 20` prints one (root).
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from pathlib import Path
 
-from bench.wan.emulator import WanEmulator
+from crosscity.bench.wan.emulator import WanEmulator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PING, DONE = b"p", b"k"
 
 
@@ -91,8 +89,8 @@ def allreduce(store_addr: str, store_port: int, rank: int, world: int, nbytes: i
 
 # ------------------------------------------------------------------ orchestration (host side)
 def _spawn(wan: WanEmulator, city: int, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **wan.rank_env(), "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [*wan.exec_prefix(city), sys.executable, "-m", "bench.wan.link_probe", *args]
+    env = {**os.environ, **wan.rank_env()}
+    cmd = [*wan.exec_prefix(city), sys.executable, "-m", "crosscity.bench.wan.link_probe", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

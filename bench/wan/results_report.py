@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from crosscity.bench.wan.link_probe import LinkReport
+from crosscity.bench.wan.run_outcome import RunOutcome
 
-from bench.wan.link_probe import LinkReport
-from bench.wan.run_outcome import RunOutcome
-from train.atomic_io import atomic_write_text
+from crosscity.core.atomic_io import atomic_write_text
 
 
 @dataclass

@@ -20,18 +20,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `crosscity bench wan` loads this file by path
-    sys.path.insert(0, str(REPO_ROOT))
+from crosscity.bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
+from crosscity.bench.wan.emulator import WanEmulator
+from crosscity.bench.wan.link_probe import LinkReport, probe
+from crosscity.bench.wan.results_report import BenchRun, mb, write_results
+from crosscity.bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome
+from crosscity.launch.local.launcher import LocalLauncher
+from crosscity.launch.run_dir import resolve_run
 
-from bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus  # noqa: E402
-from bench.wan.emulator import WanEmulator  # noqa: E402
-from bench.wan.link_probe import LinkReport, probe  # noqa: E402
-from bench.wan.results_report import BenchRun, mb, write_results  # noqa: E402
-from bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome  # noqa: E402
-from launch.local_launcher import LocalLauncher  # noqa: E402
-from launch.run_dir import resolve_run  # noqa: E402
-from train.atomic_io import atomic_write_text  # noqa: E402
+from crosscity.core.atomic_io import atomic_write_text
 
 BASE_CONFIG = Path(__file__).with_name("config.yaml")
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -76,7 +73,7 @@ def run_method(
         raise BenchError(
             f"topology.cities={cfg.topology.cities} but the emulated WAN has {wan.cities} cities"
         )
-    city_env = {**wan.rank_env(), "PYTHONPATH": str(REPO_ROOT)}
+    city_env = wan.rank_env()
     wan.reset_wire_bytes()
     launcher = LocalLauncher(
         path,
@@ -102,7 +99,7 @@ def run_method(
 def ensure_data(data_dir: Path) -> None:
     if all((data_dir / c / "manifest.json").is_file() for c in DATA_CITIES):
         return
-    from data_prep import cli as prep_cli
+    from crosscity.data_prep import cli as prep_cli
 
     print(f"[bench] preparing the shipped Beijing data into {data_dir}", flush=True)
     if prep_cli.main(["--preset", "beijing", "--out", str(data_dir)]) != 0:

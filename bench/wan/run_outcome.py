@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.metrics_log import read_records
+from crosscity.train.observe.metrics_log import read_records
 
 BENCH_FILE = "bench.json"  # written by the bench next to the run: method, wire bytes, link settings
 

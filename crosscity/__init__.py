@@ -1,0 +1,1 @@
+"""crosscity: train one model on data that stays in several cities."""

@@ -1,0 +1,1 @@
+"""Torch-free pieces every layer may use: atomic writes, exit codes."""

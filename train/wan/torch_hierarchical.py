@@ -1,0 +1,80 @@
+"""PyTorch's own post-local SGD averager, unchanged, behind our interface: the baseline to beat.
+
+`HierarchicalModelAverager` with {H: world} all-reduces the full fp32 parameters over ALL ranks
+every H steps (plus, optionally, {h: R} over groups of R ranks every h steps). Its behaviour is
+kept as PyTorch has it, on purpose, because that is what a user of it gets:
+- groups are contiguous blocks of global ranks (`dist.new_subgroups`), not sites: the optional
+  intra level matches our cities only because our launchers number ranks city-major;
+- its step counter starts at 0 and it averages when counter % H == 0, so it averages after inner
+  steps 1, H+1, 2H+1, ... (our schedule: H, 2H, ...); with warmup_steps=W it skips the first W
+  calls and has no synchronous warm-up of its own (in PyTorch that is the DDP comm hook's job);
+- equal weights (no FedAvg), no compression, no overlap, optimizer state never averaged.
+
+WAN bytes: the world all-reduce is gloo's ring, where each rank sends 2 (W-1)/W * 4 n bytes to
+rank-1. With city-major numbering only a city's local rank 0 sends across the WAN (to the previous
+city's last rank), and only local rank R-1 receives from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from crosscity.train.wan.collectives import WanBytes, ring_allreduce_bytes
+from crosscity.train.wan.sync import InterCitySync, WanRound
+from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
+from torch.distributed.algorithms.model_averaging.utils import average_parameters
+
+from crosscity.config.schema import ConfigError
+
+
+class TorchHierarchicalSync(InterCitySync):
+    """Calls `HierarchicalModelAverager.average_parameters` after every inner step, as PyTorch documents."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        every, world = self.cfg.sync_every, self.topo.world_size
+        intra = getattr(self.cfg, "torch_intra_every", 0)  # 0 = no intra-city level
+        levels: OrderedDict[int, int] = OrderedDict()
+        if intra:
+            if not 0 < intra < every or every % intra:
+                raise ConfigError(
+                    f"wan.torch_intra_every={intra}: must divide wan.sync_every={every} and be smaller"
+                )
+            levels[intra] = self.topo.ranks_per_city
+        levels[every] = world
+        self.averager = HierarchicalModelAverager(levels, warmup_steps=self.cfg.warmup_steps)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def after_step(self, step: int, samples: int) -> WanRound | None:
+        counter = self.averager.step  # the averager's own 0-based counter decides, not `step`
+        global_round = counter >= self.averager.warmup_steps and counter % self.cfg.sync_every == 0
+        start = time.perf_counter()
+        self.averager.average_parameters(self.model.parameters())
+        return self._record(self._wan_bytes(), time.perf_counter() - start) if global_round else None
+
+    def _wan_bytes(self) -> WanBytes:
+        if self.topo.num_cities == 1:
+            return WanBytes()
+        ring = ring_allreduce_bytes(4 * self.n_params, self.topo.world_size)
+        first, last = self.topo.local_rank == 0, self.topo.local_rank == self.topo.ranks_per_city - 1
+        return WanBytes(sent=ring if first else 0, recv=ring if last else 0)
+
+    def finish(self) -> WanRound | None:
+        """One more world average so every city ends equal (PyTorch has no final sync of its own)."""
+        last = self.averager.step - 1
+        averaged_last = last >= self.averager.warmup_steps and last % self.cfg.sync_every == 0
+        return None if averaged_last else self._round()
+
+    def _round(self) -> WanRound:
+        start = time.perf_counter()
+        average_parameters(iter(self.model.parameters()), self.groups.world)
+        return self._record(self._wan_bytes(), time.perf_counter() - start)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "averager_step": self.averager.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.averager.step = state["averager_step"]
