@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
 from crosscity.data_prep.errors import InputError
 from crosscity.data_prep.schema import Schema
 

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crosscity.core.atomic_io import atomic_write_text
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.schema import SCHEMA_VERSION, Schema
 from crosscity.data_prep.stats import combine, finalize, from_json, json_safe
-
-from crosscity.core.atomic_io import atomic_write_text
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "crosscity-city"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+
 from crosscity.data_prep.errors import ConflictError
 from crosscity.data_prep.shards import ShardRows
 

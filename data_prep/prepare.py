@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosscity.core.atomic_io import atomic_write_text
 from crosscity.data_prep.csv_source import BAD_CLASSES, BadInput, CsvSource
 from crosscity.data_prep.errors import DataPrepError, InputError
 from crosscity.data_prep.manifest import (
@@ -32,8 +33,6 @@ from crosscity.data_prep.progress import Progress
 from crosscity.data_prep.schema import Cities, Schema, load_cities, load_schema
 from crosscity.data_prep.shards import read_shard, write_shard
 from crosscity.data_prep.staging import Staging
-
-from crosscity.core.atomic_io import atomic_write_text
 
 SCHEMA_COPY = "schema.yaml"
 CITIES_COPY = "cities.yaml"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from crosscity.data_prep.errors import SchemaError
 
 SCHEMA_VERSION = 1

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from crosscity.data_prep.schema import SCHEMA_VERSION
-from crosscity.data_prep.stats import json_safe, sufficient
 
 from crosscity.core.atomic_io import atomic_write
+from crosscity.data_prep.schema import SCHEMA_VERSION
+from crosscity.data_prep.stats import json_safe, sufficient
 
 SHARD_FORMAT = "crosscity-shard"
 CHUNK_ROWS = 4096

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 from crosscity.data_prep.csv_source import RowChunk
 
 StagingKey = tuple[str, str, int]  # (city, station, year)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.manifest import MANIFEST, city_dirs, load_manifest
 from crosscity.data_prep.schema import SCHEMA_VERSION

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from crosscity.data_prep import cli as prep_cli
 from crosscity.data_prep.datasets import beijing_files
 
@@ -17,6 +18,18 @@ from crosscity.data_prep.datasets import beijing_files
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 PRESETS = Path(prep_cli.__file__).parent / "presets"
+# A test's tier is the folder it lives in; `pytest -m unit` runs the fast in-process tier alone.
+TIERS = ("unit", "dist", "cli", "slurm", "netns", "horovod")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.path}: every test module lives in a tier folder {TIERS}")
+        item.add_marker(tier)
+
+
 SMALL_ROWS = 2000  # hours per station: enough windows for a few hundred steps, prep in ~1 s
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from crosscity.launch.report.run_report import write_report
-from crosscity.train.evaluate import pool_metrics
-from crosscity.train.observe.metrics_log import read_records
-from crosscity.train.wan.collectives import ring_allreduce_bytes
 from torch import nn
 
 from crosscity.config.schema import Config, to_dict
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.launch.report.run_report import write_report
+from crosscity.train.evaluate import pool_metrics
+from crosscity.train.observe.metrics_log import read_records
+from crosscity.train.wan.collectives import ring_allreduce_bytes
 
 
 def write_summary(

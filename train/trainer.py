@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from crosscity.config.schema import Config, load_config
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.checkpoint import (
     checkpoint_path,
@@ -46,8 +48,6 @@ from crosscity.train.observe.telemetry import start_telemetry
 from crosscity.train.run_summary import write_summary
 from crosscity.train.wan.collectives import ring_allreduce_bytes
 from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
-
-from crosscity.config.schema import Config, load_config
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
 RESTART = -1

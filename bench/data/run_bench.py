@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+
+from crosscity.config.schema import ModelConfig
+from crosscity.core.atomic_io import atomic_write_text
 from crosscity.data_prep.datasets import beijing_files
 from crosscity.data_prep.schema import load_cities
 from crosscity.train.data.windows import CityWindows, RankSampler
 from crosscity.train.models import build_model
-
-from crosscity.config.schema import ModelConfig
-from crosscity.core.atomic_io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.gpu_monitor import GpuMonitor
 from crosscity.train.observe.metrics_log import MetricsLog
-from torch import nn
 
 
 def make_step(seed: int) -> tuple[nn.Module, Callable[[], None]]:

@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+
 from crosscity.bench.wan.link_probe import LinkReport
 from crosscity.bench.wan.run_outcome import RunOutcome
-
 from crosscity.core.atomic_io import atomic_write_text
 
 

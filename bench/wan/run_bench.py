@@ -25,10 +25,9 @@ from crosscity.bench.wan.emulator import WanEmulator
 from crosscity.bench.wan.link_probe import LinkReport, probe
 from crosscity.bench.wan.results_report import BenchRun, mb, write_results
 from crosscity.bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome
+from crosscity.core.atomic_io import atomic_write_text
 from crosscity.launch.local.launcher import LocalLauncher
 from crosscity.launch.run_dir import resolve_run
-
-from crosscity.core.atomic_io import atomic_write_text
 
 BASE_CONFIG = Path(__file__).with_name("config.yaml")
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -20,11 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crosscity.config.schema import Config
 from crosscity.train.distributed.rendezvous import host_store
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.trainer import EXIT_REQUEUE
-
-from crosscity.config.schema import Config
 
 KILL_GRACE_S = 5.0
 

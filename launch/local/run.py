@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from crosscity.config.schema import Config
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.launch.local.launcher import LocalLauncher
 from crosscity.launch.run_dir import resolve_run
 from crosscity.train.trainer import city_names
-
-from crosscity.config.schema import Config
 
 
 def check_data(cfg: Config) -> None:

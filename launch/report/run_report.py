@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from crosscity.train.observe.metrics_log import read_records
-from crosscity.train.observe.straggler import StragglerDetector, peer_ratios
 
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.train.observe.metrics_log import read_records
+from crosscity.train.observe.straggler import StragglerDetector, peer_ratios
 
 PHASES = (
     ("t_data", "data wait"),

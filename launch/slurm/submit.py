@@ -25,11 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosscity.launch.run_dir import resolve_run
-from crosscity.launch.slurm.status import JOBS_FILE
-
 from crosscity.config.schema import Config, ConfigError, SlurmConfig, load_config
 from crosscity.core.atomic_io import atomic_write_text
+from crosscity.launch.run_dir import resolve_run
+from crosscity.launch.slurm.status import JOBS_FILE
 
 # The templates: slurm/ of this checkout (or an editable install), else the copy a wheel installs
 # under <prefix>/share/crosscity/slurm (setup.cfg data_files; the top-level slurm/ is no package).

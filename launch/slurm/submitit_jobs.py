@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+
+from crosscity.config.schema import Config
 from crosscity.launch.run_dir import resolve_run
 from crosscity.launch.slurm.submit import (
     CityArray,
@@ -45,8 +47,6 @@ from crosscity.launch.slurm.submit import (
     template_body,
     template_variables,
 )
-
-from crosscity.config.schema import Config
 
 EXIT_REQUEUE = 75  # train.trainer.EXIT_REQUEUE (not imported: that pulls torch onto the login node)
 # After srun in the batch script: requeue only this array task when its ranks checkpointed (exit 75).

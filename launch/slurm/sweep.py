@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from crosscity.config.schema import Config, ConfigError, load_config
+from crosscity.core.atomic_io import atomic_write, atomic_write_text
 from crosscity.launch.run_dir import resolve_run
 from crosscity.launch.slurm.status import FINISHED, JOBS_FILE, entry_states, load_jobs, tail_lines
 from crosscity.launch.slurm.submit import (
@@ -35,9 +37,6 @@ from crosscity.launch.slurm.submit import (
     template_body,
     write_jobs,
 )
-
-from crosscity.config.schema import Config, ConfigError, load_config
-from crosscity.core.atomic_io import atomic_write, atomic_write_text
 
 SWEEP_FILE = "sweep.json"
 DEFAULT_COMMAND = "{python} -m crosscity run {config}"

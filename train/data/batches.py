@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from crosscity.train.data.windows import RankSampler
 from torch.utils.data import DataLoader, Dataset
+
+from crosscity.train.data.windows import RankSampler
 
 
 class BatchStream:

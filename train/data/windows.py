@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.manifest import GLOBAL_STATS, load_manifest
 from crosscity.data_prep.shards import read_shard

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
 from crosscity.train.distributed.topology import Topology
 
 

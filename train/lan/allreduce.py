@@ -14,9 +14,10 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
-from torch import nn
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

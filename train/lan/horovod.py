@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
 from crosscity.train.distributed.topology import Topology
 
 _ADDR, _PORT = "HOROVOD_GLOO_RENDEZVOUS_ADDR", "HOROVOD_GLOO_RENDEZVOUS_PORT"

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from crosscity.config.schema import Config
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.gpu_monitor import GpuMonitor, device_for_cuda_index
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.sinks import make_sinks
-
-from crosscity.config.schema import Config
 
 
 def start_telemetry(

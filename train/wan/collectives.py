@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.wan.codecs import Codec, ErrorFeedback, make_codec

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from crosscity.train.wan.collectives import WanBytes, gather_stripes, stripe_bounds, weighted_mean
-from crosscity.train.wan.sync import InterCitySync, WanRound
 from torch import nn
 
 from crosscity.config.schema import ConfigError
+from crosscity.train.wan.collectives import WanBytes, gather_stripes, stripe_bounds, weighted_mean
+from crosscity.train.wan.sync import InterCitySync, WanRound
 
 Exchange = tuple[torch.Tensor, WanBytes, float]  # (mean stripe, bytes, seconds the exchange took)
 

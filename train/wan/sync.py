@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from crosscity.train.distributed.process_groups import Groups
-from crosscity.train.distributed.topology import Topology
-from crosscity.train.wan.codecs import ErrorFeedback, make_codec
-from crosscity.train.wan.collectives import WanBytes, average_across_cities
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from crosscity.config.schema import ConfigError, WanConfig
+from crosscity.train.distributed.process_groups import Groups
+from crosscity.train.distributed.topology import Topology
+from crosscity.train.wan.codecs import ErrorFeedback, make_codec
+from crosscity.train.wan.collectives import WanBytes, average_across_cities
 
 
 @dataclass

@@ -21,12 +21,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from crosscity.train.wan.collectives import WanBytes, ring_allreduce_bytes
-from crosscity.train.wan.sync import InterCitySync, WanRound
 from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
 from crosscity.config.schema import ConfigError
+from crosscity.train.wan.collectives import WanBytes, ring_allreduce_bytes
+from crosscity.train.wan.sync import InterCitySync, WanRound
 
 
 class TorchHierarchicalSync(InterCitySync):

@@ -1,0 +1,65 @@
+"""Running the `crosscity` command in tests: in the foreground, in the background, and what it left."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "beijing_mlp.yaml"
+QUICK = ["model.hidden=32", "train.eval_every=0", "train.max_val_windows=200", "train.log_every=1"]
+
+
+def crosscity(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crosscity", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def start_crosscity(*args: str) -> subprocess.Popen:
+    """`crosscity ARGS` in the background, output captured: for tests that signal its ranks."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "crosscity", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "final" / "model.pt", weights_only=False)["model"]
+
+
+def rank_pids(run_dir: Path) -> dict[tuple[int, int], int]:
+    """(city, local rank) -> pid of every live rank process of this run, found through /proc."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"train" not in cmd or str(run_dir).encode() not in cmd:
+                continue
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, ValueError):
+            continue
+        found[(int(env["CROSSCITY_CITY"]), int(env["CROSSCITY_LOCAL_RANK"]))] = int(proc.name)
+    return found
+
+
+def wait_for_step(run_dir: Path, rank: int, step: int, timeout: float = 120) -> None:
+    path = run_dir / "metrics" / f"rank{rank}.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and f'"step": {step},' in path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} never reached step {step}")

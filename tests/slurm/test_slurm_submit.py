@@ -1,0 +1,174 @@
+"""crosscity submit / status against the real dev cluster, and the scripts it generates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from crosscity.launch.slurm.submit import write_jobs
+from tests.helpers.launchers import require_mpiexec
+from tests.helpers.runs import CONFIG, REPO, crosscity, final_params
+from tests.helpers.slurm import (
+    DEV_CLUSTER,
+    SLURM_QUICK,
+    max_array_size,
+    requeue_run_overrides,
+    require_slurm,
+    sbatch,
+    submit_and_wait,
+    wait_finished,
+)
+
+
+def test_dry_run_prints_scripts_and_submits_nothing(tmp_path: Path) -> None:
+    require_slurm()
+    n = max_array_size() + 2
+    run_dir = tmp_path / "dry"
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    done = crosscity("submit", str(CONFIG), f"topology.cities={n}", f"train.run_dir={run_dir}", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("#!/bin/bash") == 3  # coordinator + two array chunks
+    assert (
+        f"#SBATCH --array=0-{max_array_size() - 1}\n" in done.stdout
+        and "#SBATCH --array=0-1\n" in done.stdout
+    )
+    via = crosscity(
+        "submit",
+        str(CONFIG),
+        f"topology.cities={n}",
+        f"train.run_dir={run_dir}",
+        "--dry-run",
+        "--via",
+        "submitit",
+    )
+    assert via.returncode == 0, via.stderr
+    assert via.stdout.count("#!/bin/bash") == 3 and "update_parameters(" in via.stdout
+    size = max_array_size()
+    assert f"#SBATCH --array=0-{size - 1}%{size}\n" in via.stdout and "#SBATCH --array=0-1%2\n" in via.stdout
+    assert not run_dir.exists()
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+
+
+def test_cancelled_job_shows_as_cancelled_within_30s_without_accounting(tmp_path: Path) -> None:
+    require_slurm()
+    switch = subprocess.run(
+        [str(DEV_CLUSTER), "accounting", "off"], capture_output=True, text=True, timeout=60
+    )
+    assert switch.returncode == 0, switch.stdout + switch.stderr
+    try:
+        assert subprocess.run(["sacct", "-n", "-X"], capture_output=True, timeout=10).returncode != 0
+        job = sbatch("--wrap", "sleep 300", "-o", str(tmp_path / "job.out"), cwd=tmp_path)
+        entry = {
+            "name": "city0",
+            "job": job,
+            "run_dir": str(tmp_path),
+            "ranks": [0],
+            "log": str(tmp_path / "job.out"),
+        }
+        write_jobs(tmp_path, {"kind": "run", "arrays": [job], "entries": [entry]})
+        subprocess.run(["scancel", job], check=True, timeout=10)
+        start = time.monotonic()
+        while True:
+            done = crosscity("status", str(tmp_path), "--json", timeout=30)
+            rows = json.loads(done.stdout)
+            if rows[0]["state"] == "CANCELLED":
+                break
+            assert time.monotonic() - start < 30, rows
+            time.sleep(0.5)
+        assert done.returncode == 1  # a city that did not complete
+        assert time.monotonic() - start < 30
+    finally:
+        subprocess.run([str(DEV_CLUSTER), "accounting", "on"], capture_output=True, timeout=60, check=True)
+
+
+@pytest.mark.parametrize(
+    ("template", "extra"),
+    [
+        ("city.sbatch", ""),
+        ("city-mpi.sbatch", " lan.backend=gloo"),
+    ],  # Horovod is optional: MPI start, gloo LAN
+)
+def test_city_template_trains_one_city_of_two_tasks(
+    small_dataset: Path, tmp_path: Path, template: str, extra: str
+) -> None:
+    require_slurm()
+    if template == "city-mpi.sbatch":
+        require_mpiexec()
+    run_dir = tmp_path / "city"
+    overrides = f"data.dir={small_dataset} data.cities=north train.steps=8 {' '.join(SLURM_QUICK)}{extra}"
+    env = f"ALL,CONFIG={CONFIG},RUN_DIR={run_dir},OVERRIDES={overrides},PYTHON={sys.executable}"
+    out = tmp_path / "city.out"
+    job = sbatch(
+        "-N2",
+        "--ntasks-per-node=1",
+        f"--export={env}",
+        "-o",
+        str(out),
+        str(REPO / "slurm" / template),
+        cwd=REPO,
+    )
+    state = wait_finished([job], timeout_s=90)[job]
+    assert state.state == "COMPLETED", out.read_text()[-3000:]
+    assert (run_dir / "summary.json").is_file() and (run_dir / "final" / "model.pt").is_file()
+    assert {p.name for p in (run_dir / "metrics").glob("rank*.jsonl")} == {"rank0.jsonl", "rank1.jsonl"}
+
+
+def test_submit_two_cities_of_two_tasks(small_dataset: Path, tmp_path: Path) -> None:
+    require_slurm()
+    run_dir = tmp_path / "run"
+    common = [
+        f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
+        "topology.ranks_per_city=2",
+    ]
+    jobs = submit_and_wait(run_dir, [*common, "train.steps=8", *SLURM_QUICK])
+    assert [e["name"] for e in jobs["entries"]] == ["city0", "city1"]
+    ranks = {
+        json.loads(line)["global_rank"]
+        for p in (run_dir / "metrics").glob("rank*.jsonl")
+        for line in p.read_text().splitlines()
+    }
+    assert ranks == {0, 1, 2, 3}
+    cities = {
+        json.loads(line)["city"]
+        for p in (run_dir / "metrics").glob("rank*.jsonl")
+        for line in p.read_text().splitlines()
+    }
+    assert cities == {0, 1}
+    assert wait_finished([jobs["coordinator"]], timeout_s=30)[jobs["coordinator"]].state == "COMPLETED"
+
+
+def test_requeue_signal_requeues_only_that_city_and_resumes_exactly(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """Two identical runs side by side; one gets the requeue signal in city 1: same final parameters."""
+    require_slurm()
+    common = requeue_run_overrides(small_dataset)
+    ref, run_dir = tmp_path / "ref", tmp_path / "pre"
+    for folder in (ref, run_dir):
+        done = crosscity("submit", str(CONFIG), *common, f"train.run_dir={folder}")
+        assert done.returncode == 0, done.stderr
+    jobs = json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    ref_jobs = json.loads((ref / "slurm" / "jobs.json").read_text())
+    city0, city1 = (e["job"] for e in jobs["entries"])
+    metrics = run_dir / "metrics" / "rank2.jsonl"  # city 1, local rank 0
+    deadline = time.monotonic() + 90
+    while not (metrics.exists() and '"step": 6,' in metrics.read_text()):
+        assert time.monotonic() < deadline, "city 1 never reached step 6"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", city1], check=True, timeout=10)  # what --signal=USR2@T sends
+    states = wait_finished([e["job"] for e in jobs["entries"] + ref_jobs["entries"]], timeout_s=120)
+    assert {s.state for s in states.values()} == {"COMPLETED"}, states
+    assert states[city1].restarts == 1 and states[city0].restarts == 0
+    assert f"requeueing {city1} only" in Path(jobs["entries"][1]["log"]).read_text()
+    want, got = final_params(ref), final_params(run_dir)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
