@@ -19,7 +19,7 @@ from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import TorchReducer, allreduce_gradients
 from crosscity.train.wan.streaming import StreamingSync
-from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
+from crosscity.train.wan.sync import InterCitySync, WanRound
 from tests.helpers.distributed import run_on_cities
 from tests.helpers.wan import INNER_LR, batch_size, by_rank, fresh, inner_step, make_model, run_steps, train
 
