@@ -57,6 +57,7 @@ class OptimConfig:
 class LanConfig:
     backend: Literal["auto", "gloo", "nccl", "horovod"] = "auto"  # horovod: one Horovod world per city
     grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # gradient compression on the LAN all-reduce
+    timeout_s: float = 120.0  # a city's collective that hangs this long (a stuck rank) fails the city
 
     def check(self, wan_algorithm: str) -> None:
         """Horovod is an optional build without bfloat16, one world per city: say so at load time,
@@ -97,6 +98,12 @@ class WanConfig:
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "average", "reset"] = "keep"
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
+    min_cities: int = 0  # a round needs at least this many cities (0 = a majority of topology.cities)
+    round_timeout_s: float = 20.0  # a forming round waits this long for the cities still missing
+    heartbeat_s: float = 1.0  # each city tells the coordinator it is alive this often
+    dead_after_s: float = 5.0  # ... and is not waited for once silent this long (< round_timeout_s)
+    start_timeout_s: float = 300.0  # the first round waits this long for every city to register
+    min_rate_mbit: float = 10.0  # slowest city link to tolerate: sets how long a round's uploads may take
 
 
 @dataclass
@@ -116,6 +123,7 @@ class TrainConfig:
     run_dir: str = "runs/latest"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_val_windows: int = 0  # cap validation windows per city (0 = all), for quick runs
+    max_city_restarts: int = 10  # local launcher: restarts of a failed city before the run gives up on it
 
 
 @dataclass
@@ -308,6 +316,19 @@ class Config:
             raise ConfigError(f"wan.outer_lr={self.wan.outer_lr}: allowed (0, 10]")
         if not 0 <= self.wan.outer_momentum < 1:
             raise ConfigError(f"wan.outer_momentum={self.wan.outer_momentum}: allowed [0, 1)")
+        w = self.wan
+        if not 0 <= w.min_cities <= self.topology.cities:
+            raise ConfigError(f"wan.min_cities={w.min_cities}: allowed 0 (majority) .. topology.cities")
+        if not 0 < w.heartbeat_s < w.dead_after_s < w.round_timeout_s:
+            raise ConfigError(
+                f"wan.heartbeat_s={w.heartbeat_s} < wan.dead_after_s={w.dead_after_s} < "
+                f"wan.round_timeout_s={w.round_timeout_s} must hold (docs/fault_tolerance.md: a dead city "
+                "is recognised before a round gives up waiting for it)"
+            )
+        if w.start_timeout_s <= 0 or w.min_rate_mbit <= 0 or self.lan.timeout_s <= 0:
+            raise ConfigError("wan.start_timeout_s, wan.min_rate_mbit and lan.timeout_s must be > 0")
+        if self.train.max_city_restarts < 0:
+            raise ConfigError(f"train.max_city_restarts={self.train.max_city_restarts}: must be >= 0")
         if self.wan.warmup_steps > self.train.steps:
             raise ConfigError(
                 f"wan.warmup_steps={self.wan.warmup_steps}: must not exceed train.steps={self.train.steps}"
