@@ -72,11 +72,13 @@ def check_update(update: object, shape: tuple[int, ...], dtype: np.dtype | type 
 
 
 def l2_norm(update: np.ndarray) -> float:
+    """In float64: float32 squares of a large update would overflow or lose the outlier's size."""
     x = update.astype(np.float64, copy=False).ravel()
     return float(np.sqrt(np.dot(x, x)))
 
 
 def lower_median(values: list[float]) -> float:
+    """The lower of the two middle values: half of the cities cannot raise it."""
     return sorted(values)[(len(values) - 1) // 2]
 
 

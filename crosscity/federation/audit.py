@@ -48,10 +48,12 @@ class AuditError(ValueError):
 
 
 def canonical(obj: Any) -> bytes:
+    """One byte string per record (sorted keys, no spaces, no NaN), so its hash can be recomputed."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def record_hash(record: dict[str, Any]) -> str:
+    """sha256 of the record without its own `hash`; covers `prev`, which chains it to the one before."""
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
 
 
@@ -147,12 +149,15 @@ class AuditLog:
         )
 
     def join(self, city: str, fingerprint: str, **extra: Any) -> dict[str, Any]:
+        """A city registered; `city` is the name on its certificate."""
         return self.append(JOIN, city=city, fingerprint=fingerprint, **extra)
 
     def leave(self, city: str, reason: str, **extra: Any) -> dict[str, Any]:
+        """A city left or was dropped (preempted, heartbeat lost, revoked)."""
         return self.append(LEAVE, city=city, reason=reason, **extra)
 
     def round(self, round: int, participants: Iterable[str], **extra: Any) -> dict[str, Any]:
+        """A round was aggregated; participants sorted, so the record does not depend on arrival order."""
         return self.append(ROUND, round=round, participants=sorted(participants), **extra)
 
     def update(

@@ -68,6 +68,7 @@ class Kit:
 
 
 def identity_uri(role: str, name: str = "") -> str:
+    """The SAN URI that is the identity: the TLS layer trusts this, never a name sent in a message."""
     return f"{URI_PREFIX}{COORDINATOR}" if role == COORDINATOR else f"{URI_PREFIX}{CITY}/{name}"
 
 
@@ -92,10 +93,12 @@ def identity_of(cert: x509.Certificate) -> tuple[str, str]:
 
 
 def file_stem(role: str, name: str) -> str:
+    """File name (without suffix) of an identity's pair: the same in a directory and in a kit."""
     return COORDINATOR if role == COORDINATOR else f"city-{name}"
 
 
 def check_city_name(name: str) -> str:
+    """The name, if it is safe both as a file name and in the identity URI; CertsError if not."""
     if name == COORDINATOR or not CITY_NAME.fullmatch(name):
         raise CertsError(
             f"city name {name!r}: allowed letters, digits, '_' and '-' (1-64, starting with a letter or "
@@ -112,7 +115,42 @@ def _now() -> dt.datetime:
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
+    """ECDSA P-256: every TLS 1.3 stack has it, and handshakes stay in the milliseconds."""
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What every certificate of ours has: a CA signs certificates and CRLs, a leaf only handshakes."""
+    usage = x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+    )
 
 
 def new_authority(days: int) -> Authority:
@@ -125,34 +163,8 @@ def new_authority(days: int) -> Authority:
         ]
     )
     now = _now()
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return Authority(cert, key)
+    builder = _builder(name, name, key.public_key(), now - BACKDATE, now + dt.timedelta(days=days), ca=True)
+    return Authority(builder.sign(key, hashes.SHA256()), key)
 
 
 def _hosts_san(hosts: Iterable[str]) -> list[x509.GeneralName]:
@@ -185,40 +197,18 @@ def issue(
     san += _hosts_san(hosts) if role == COORDINATOR else []
     usage = ExtendedKeyUsageOID.SERVER_AUTH if role == COORDINATOR else ExtendedKeyUsageOID.CLIENT_AUTH
     ca_ski = authority.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "crosscity"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    until = min(not_after, authority.cert.not_valid_after_utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "crosscity"),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name),
-                ]
-            )
-        )
-        .issuer_name(authority.cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or _now() - BACKDATE)
-        .not_valid_after(min(not_after, authority.cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(subject, authority.cert.subject, public, not_before or _now() - BACKDATE, until, ca=False)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(authority.key, hashes.SHA256())
     )
@@ -287,6 +277,7 @@ def _load_crl(directory: Path) -> x509.CertificateRevocationList:
 
 
 def revoked_serials(directory: Path) -> set[int]:
+    """Serial numbers on the directory's CRL."""
     return {entry.serial_number for entry in _load_crl(directory)}
 
 

@@ -38,6 +38,11 @@ def test_init_makes_one_identity_per_city_and_the_coordinator(pki):
         + [f"city-{c}.{ext}" for c in "abc" for ext in ("pem", "key")]
     )
     ca = cert(pki / "ca.pem")
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    assert (
+        cert(pki / "city-a.pem").extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    )
+    assert not cert(pki / "city-a.pem").extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     for stem, identity in [
         ("city-a", ("city", "a")),
         ("city-c", ("city", "c")),
