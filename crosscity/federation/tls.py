@@ -65,6 +65,8 @@ class TlsContext(ssl.SSLContext):
     OpenSSL cannot drop a CRL from a loaded store, so a changed CRL means a fresh inner context;
     each wrap checks the file's (inode, size, mtime) first, which costs one stat per connection.
     An unreadable new CRL fails the connection (closed, not open: revocations are never skipped).
+    Settings made on it after creation (ALPN, callbacks) do not reach a rebuilt context: put them
+    in `_configure`.
     """
 
     def __new__(cls, kit: Kit, server_side: bool) -> TlsContext:
