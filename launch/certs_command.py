@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             written = certs.export(args.dir, args.name, args.out)
             print(f"{args.out}: kit for {args.name} ({', '.join(p.name for p in written)})")
-    except certs.CertsError as exc:
+    except (ValueError, OSError) as exc:  # CertsError, and unreadable or corrupt files in DIR
         print(f"crosscity certs {args.action}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -21,9 +21,10 @@ import datetime as dt
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,6 +38,7 @@ ROLES = (CITY, COORDINATOR)
 URI_PREFIX = "crosscity://"
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
 CA_CERT, CA_KEY, CRL = "ca.pem", "ca.key", "crl.pem"
+T = TypeVar("T")
 # Clock skew between sites: a certificate made a minute ago must already be valid everywhere.
 BACKDATE = dt.timedelta(hours=1)
 CITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -261,19 +263,30 @@ def write_identity(
     _write(Path(directory) / f"{stem}.pem", _pem(cert))
 
 
+def _read(path: Path, load: Callable[[bytes], T]) -> T:
+    """A PEM file parsed, or CertsError naming the file (a corrupt or foreign file in DIR is bad input)."""
+    try:
+        return load(path.read_bytes())
+    except ValueError as exc:
+        raise CertsError(f"{path}: not a valid PEM file of this kind ({str(exc).split('.')[0]})") from None
+
+
 def _load_authority(directory: Path) -> Authority:
     directory = Path(directory)
     if not (directory / CA_CERT).is_file() or not (directory / CA_KEY).is_file():
         raise CertsError(f"{directory}: no {CA_CERT} + {CA_KEY} here (make them with `crosscity certs init`)")
-    cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
-    key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), password=None)
+    cert = _read(directory / CA_CERT, x509.load_pem_x509_certificate)
+    key = _read(directory / CA_KEY, lambda data: serialization.load_pem_private_key(data, password=None))
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertsError(f"{directory / CA_KEY}: not an EC private key")
     return Authority(cert, key)
 
 
 def _load_crl(directory: Path) -> x509.CertificateRevocationList:
-    return x509.load_pem_x509_crl((Path(directory) / CRL).read_bytes())
+    path = Path(directory) / CRL
+    if not path.is_file():
+        raise CertsError(f"{path}: missing (every certificate directory has one; `init` writes it)")
+    return _read(path, x509.load_pem_x509_crl)
 
 
 def revoked_serials(directory: Path) -> set[int]:
@@ -285,7 +298,7 @@ def city_certificates(directory: Path) -> dict[str, x509.Certificate]:
     """name -> current certificate of every city in the directory (revoked ones included)."""
     found = {}
     for path in sorted(Path(directory).glob("city-*.pem")):
-        found[path.stem.removeprefix("city-")] = x509.load_pem_x509_certificate(path.read_bytes())
+        found[path.stem.removeprefix("city-")] = _read(path, x509.load_pem_x509_certificate)
     return found
 
 
@@ -382,13 +395,11 @@ def export(directory: Path, name: str, out: Path) -> list[Path]:
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CertsError(f"{out}: exists and is not an empty directory (a kit is never written over files)")
-    stem = file_stem(role, name)
+    kit = load_kit(directory, role, name)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    written = []
-    for filename in (CA_CERT, CRL, f"{stem}.pem", f"{stem}.key"):
-        _write(out / filename, (directory / filename).read_bytes(), private=filename.endswith(".key"))
-        written.append(out / filename)
-    return written
+    for source in (kit.ca, kit.crl, kit.cert, kit.key):
+        _write(out / source.name, source.read_bytes(), private=source == kit.key)
+    return [out / source.name for source in (kit.ca, kit.crl, kit.cert, kit.key)]
 
 
 def ephemeral(directory: Path, cities: Sequence[str], days: int = 7) -> Path:

@@ -189,3 +189,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv):
     assert cli(["certs", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"crosscity certs {argv[0]}: ") and err.count("\n") == 1, err
+
+
+def test_cli_corrupt_or_missing_files_are_one_line_exit_2(tmp_path, capsys):
+    pki = tmp_path / "pki"
+    certs.init(pki, ["x", "y"])
+    (pki / "city-y.key").unlink()
+    assert cli(["certs", "export", str(pki), "y", str(tmp_path / "out")]) == 2
+    assert "no city-y.key" in capsys.readouterr().err
+    (pki / certs.CRL).write_text("garbage\n")
+    assert cli(["certs", "revoke", str(pki), "x"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"crosscity certs revoke: {pki / certs.CRL}: not a valid PEM") and err.count("\n") == 1
+    )
