@@ -77,7 +77,11 @@ class AuditLog:
             raise AuditError(f"{self.path}: another writer holds this audit log") from None
         if created:
             _fsync_dir(self.path.parent)
-        self._seq, self._prev, torn = self._recover()
+        try:
+            self._seq, self._prev, torn = self._recover()
+        except AuditError:
+            os.close(self._fd)  # and with it the flock: a fixed file can be reopened
+            raise
         if torn:
             self.append(RECOVERED, torn_bytes=len(torn), torn_sha256=hashlib.sha256(torn).hexdigest())
 
