@@ -133,6 +133,7 @@ class MonitorConfig:
     straggler_steps: int = 20  # ... for this many consecutive steps
     tensorboard: bool = False
     prometheus_port: int = 0  # 0 = off
+    prometheus_host: str = "127.0.0.1"  # address the exporter binds; 0.0.0.0 exposes it on every interface
 
 
 # What slurm.per_city may set for one city: the resources of one array task (not the coordinator).
@@ -308,6 +309,8 @@ class Config:
             raise ConfigError(f"monitor.straggler_steps={self.monitor.straggler_steps}: must be >= 1")
         if not 0 <= self.monitor.prometheus_port <= 65535:
             raise ConfigError(f"monitor.prometheus_port={self.monitor.prometheus_port}: allowed 0..65535")
+        if not self.monitor.prometheus_host.strip():
+            raise ConfigError("monitor.prometheus_host='': name an address to bind, e.g. 127.0.0.1")
         if not 0 <= self.optim.momentum < 1:
             raise ConfigError(f"optim.momentum={self.optim.momentum}: allowed [0, 1)")
         if not 0 <= self.model.dropout < 1:
