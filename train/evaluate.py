@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -45,16 +43,3 @@ def evaluate(
         sums["count"] += float(mask.sum())
     model.train(was_training)
     return {**sums, "n_windows": float(len(indexes))}
-
-
-def pool_metrics(sums: list[dict[str, float]]) -> dict[str, float]:
-    """RMSE/MAE from one or several cities' sums."""
-    total = {k: sum(s[k] for s in sums) for k in sums[0]}
-    count = max(total["count"], 1.0)
-    return {
-        "rmse": math.sqrt(total["se"] / count),
-        "mae": total["ae"] / count,
-        "persistence_rmse": math.sqrt(total["p_se"] / count),
-        "persistence_mae": total["p_ae"] / count,
-        "n_windows": total["n_windows"],
-    }

@@ -1,4 +1,9 @@
-"""The end of a run: final model, summary.json (the demo's table), report and plots."""
+"""The end of a city's run: its result file and, from a city holding the global model, the final model.
+
+Each city's local rank 0 writes RUN_DIR/final/city<C>.json (its samples and validation sums of the
+final model); the launcher pools them into summary.json (launch/report/summary.py). Every city that
+ends on the global model may write final/model.pt (atomically; they all hold the same parameters).
+"""
 
 from __future__ import annotations
 
@@ -11,51 +16,35 @@ from torch import nn
 
 from crosscity.config.schema import Config, to_dict
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
-from crosscity.launch.report.run_report import write_report
 from crosscity.train.distributed.topology import Topology
-from crosscity.train.evaluate import pool_metrics
-from crosscity.train.observe.metrics_log import read_records
-from crosscity.train.wan.collectives import world_ring_bytes
+
+FINAL = "final"
 
 
-def write_summary(
-    run_dir: Path, cfg: Config, gathered: list[dict[str, Any]], model: nn.Module, wall_s: float
-) -> dict:
-    """`gathered` holds one entry per rank; local rank 0 of each city carries that city's eval sums."""
-    cities = []
-    for entry in sorted((g for g in gathered if g["sums"] is not None), key=lambda g: g["city"]):
-        samples = sum(g["samples"] for g in gathered if g["city"] == entry["city"])
-        cities.append(
-            {
-                "city": entry["city"],
-                "name": entry["name"],
-                "samples": samples,
-                **{f"val_{k}": v for k, v in pool_metrics([entry["sums"]]).items()},
-            }
-        )
-    overall = pool_metrics([g["sums"] for g in gathered if g["sums"] is not None])
-    wan = read_records(run_dir, "wan")
-    sent = sum(r["bytes_sent"] for r in wan)
-    n_params = sum(p.numel() for p in model.parameters())
-    topo = cfg.topology
-    # What flat data parallel puts on the WAN for the same steps: one fp32 gradient ring hop out of each city.
-    leaving_city = world_ring_bytes(4 * (n_params + 1), Topology(0, topo.cities, 0, topo.ranks_per_city))
-    flat = cfg.train.steps * topo.cities * leaving_city.sent
-    summary = {
-        "cities": cities,
-        "overall": {f"val_{k}": v for k, v in overall.items()},
-        "wan_bytes_sent": sent,
-        "flat_dp_wan_bytes": flat if topo.cities > 1 else 0,
-        "wan_reduction": flat / sent if sent and topo.cities > 1 else None,
-        "wan_rounds": len({r["round"] for r in wan}),
-        "wall_s": wall_s,
+def write_city_result(
+    run_dir: Path,
+    cfg: Config,
+    topo: Topology,
+    name: str,
+    sums: dict[str, float],
+    samples: int,
+    model: nn.Module,
+    wall_s: float,
+    write_model: bool,
+) -> dict[str, Any]:
+    result = {
+        "city": topo.city,
+        "name": name,
+        "samples": samples,
+        "sums": sums,
+        "n_params": sum(p.numel() for p in model.parameters()),
         "steps": cfg.train.steps,
-        "algorithm": cfg.wan.algorithm,
-        "codec": cfg.wan.codec,
+        "train_wall_s": wall_s,
+        "global_model": write_model,
     }
-    atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
-    final = Path(run_dir) / "final" / "model.pt"
-    state = {"model": model.state_dict(), "config": to_dict(cfg)}
-    atomic_write(final, lambda fh: torch.save(state, fh))
-    write_report(run_dir)  # report.md + plots/*.png (loss, validation, time breakdown, WAN bytes)
-    return summary
+    folder = Path(run_dir) / FINAL
+    atomic_write_text(folder / f"city{topo.city}.json", json.dumps(result, indent=2))
+    if write_model:
+        state = {"model": model.state_dict(), "config": to_dict(cfg)}
+        atomic_write(folder / "model.pt", lambda fh: torch.save(state, fh))
+    return result

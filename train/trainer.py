@@ -1,8 +1,13 @@
-"""What one rank does: join the groups, train its city's data, meet the other cities over the WAN.
+"""What one rank does: join its city's world, train its city's data, meet the other cities over the WAN.
 
-`run_rank` is restartable: when any city is preempted, every rank checkpoints at the same step;
-the preempted city exits with EXIT_REQUEUE and the others start `run_rank` again in the next
-rendezvous generation, resuming from their checkpoints once the requeued city is back.
+A city is a torch.distributed world of its own and meets the others only through the coordinator
+(train/wan/federated.py): a preempted city checkpoints and leaves (EXIT_REQUEUE) while the others
+train on; when it is back it resumes from its checkpoint and heals from the global model.
+
+The two world-spanning baselines (flat, PyTorch's averager) instead run one world over every city:
+there, `run_rank` is restartable - when any city is preempted every rank checkpoints at the same
+step, the preempted city exits with EXIT_REQUEUE and the others start again in the next rendezvous
+generation, resuming once the requeued city is back.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 from crosscity.config.schema import Config, load_config
+from crosscity.core.exit_codes import EXIT_REQUEUE
+from crosscity.core.forecast_scores import pool_metrics
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.checkpoint import (
     checkpoint_path,
@@ -30,26 +37,34 @@ from crosscity.train.checkpoint import (
 )
 from crosscity.train.data.batches import BatchStream
 from crosscity.train.data.windows import CityWindows
-from crosscity.train.distributed.process_groups import destroy_groups, init_groups, pick_backend, pick_device
+from crosscity.train.distributed.process_groups import (
+    Groups,
+    destroy_groups,
+    init_city_groups,
+    init_groups,
+    pick_backend,
+    pick_device,
+)
 from crosscity.train.distributed.rendezvous import (
     FINISHED_KEY,
     advance_generation,
+    city_store,
     connect_store,
     generation,
     generation_store,
 )
 from crosscity.train.distributed.topology import Topology
-from crosscity.train.evaluate import evaluate, pool_metrics
+from crosscity.train.distributed.topology_env import detect_topology
+from crosscity.train.evaluate import evaluate
 from crosscity.train.models import build_model
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.straggler import StragglerDetector
 from crosscity.train.observe.telemetry import start_telemetry
-from crosscity.train.run_summary import write_summary
-from crosscity.train.wan.registry import build_sync
+from crosscity.train.run_summary import write_city_result
+from crosscity.train.wan.registry import SYNCS, build_sync
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
-RESTART = -1
+RESTART = -1  # a world-spanning baseline's rank starts the next generation
 
 
 def city_names(cfg: Config) -> list[str]:
@@ -111,14 +126,20 @@ class RankState:
 class Trainer:
     """One rank's training loop; small methods so each phase can be read on its own."""
 
-    def __init__(self, run_dir: Path, cfg: Config, topo: Topology, store: dist.Store, stop: StopFlag) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        topo: Topology,
+        groups: Groups,
+        device: torch.device,
+        stop: StopFlag,
+        world_store: dist.Store | None = None,
+    ) -> None:
+        """`world_store`: the world-spanning baselines' store (generations); None for a city's own world."""
         self.run_dir, self.cfg, self.topo, self.stop = run_dir, cfg, topo, stop
-        self.gen = generation(store)
+        self.groups, self.device, self.world_store = groups, device, world_store
         seed_everything(cfg.train.seed)  # same init on every rank of every city
-        self.device = pick_device(cfg.train.device, topo.local_rank)
-        backend = pick_backend(cfg.lan.backend, self.device)
-        self.groups = init_groups(topo, generation_store(store, self.gen), backend)
-        self.store = store
 
         self.city_name = city_names(cfg)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
@@ -152,9 +173,12 @@ class Trainer:
         ).to(self.device)
         self.optimizer = self._build_optimizer()
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
-        self.sync: InterCitySync = build_sync(cfg, self.model, self.optimizer, topo, self.groups, self.device)
+        self.sync: InterCitySync = build_sync(
+            cfg, run_dir, self.model, self.optimizer, topo, self.groups, self.device, self.city_name
+        )
         self.state = RankState()
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
+        self.sync.log_event = lambda **fields: self.log.write("event", **fields)
         # Who this rank sums gradients with: with Horovod, proof that its world is the city alone.
         reducer = self.sync.reducer
         self.log.write("lan", backend=cfg.lan.backend, lan_rank=reducer.rank, lan_size=reducer.size)
@@ -164,7 +188,7 @@ class Trainer:
             mon.straggler_factor, mon.straggler_steps, cfg.train.log_every
         )
         self.telemetry = start_telemetry(cfg, run_dir, topo, self.device, self.log)
-        self._resume()
+        self.resumed = self._resume()
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -179,10 +203,10 @@ class Trainer:
     def _ckpt_path(self) -> Path:
         return checkpoint_path(self.run_dir, self.topo.city, self.topo.local_rank)
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
         state = load_checkpoint(self._ckpt_path())
         if state is None:
-            return
+            return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sync.load_state_dict(state["sync"])
@@ -191,8 +215,9 @@ class Trainer:
         set_rng_state(state["rng"])
         self.log.step = self.state.step
         self.log.write(
-            "event", event="resume", message=f"resumed at step {self.state.step} (generation {self.gen})"
+            "event", event="resume", message=f"resumed from its checkpoint at step {self.state.step}"
         )
+        return True
 
     def save(self) -> None:
         save_checkpoint(
@@ -281,9 +306,11 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg
-        # Every city starts its step clock together: a city still loading would otherwise make the
-        # others wait for it at their first WAN exchange.
-        dist.barrier(group=self.groups.world)
+        # Every city starts its step clock together (a city still loading would otherwise make the
+        # others wait at their first round): the coordinator's start, or the world's barrier.
+        self.sync.join(fresh=not self.resumed, step=self.state.step)
+        if self.world_store is not None:
+            dist.barrier(group=self.groups.world)
         t_start, last_log = time.perf_counter(), time.perf_counter()
         while self.state.step < cfg.train.steps:
             m = self.train_step()
@@ -340,29 +367,45 @@ class Trainer:
         self.log.write(
             "event", event="preempt", message=f"checkpointed at step {self.state.step}; leaving={leaving}"
         )
+        if self.world_store is None:  # a city of its own: it leaves, the others train on
+            self.sync.leave("preempted")
+            self.close()
+            destroy_groups()
+            return EXIT_REQUEUE
         if self.topo.global_rank == 0:
-            advance_generation(self.store)
+            advance_generation(self.world_store)
         dist.barrier(group=self.groups.world)
         self.close()
         destroy_groups()
         return EXIT_REQUEUE if leaving else RESTART
 
     def _finish(self, wall_s: float) -> int:
+        """The final round, the city's validation of the final model, its result file, goodbye."""
         final = self.sync.finish()
         if final is not None:
             self._log_round(final)
         self.log.step = self.state.step
         sums = self.evaluate_city()
-        gathered: list[Any] = [None] * self.topo.world_size
-        mine = sums if self.topo.local_rank == 0 else None  # one entry per city
-        dist.all_gather_object(
-            gathered,
-            {"city": self.topo.city, "name": self.city_name, "samples": self.state.samples, "sums": mine},
-        )
+        samples = torch.tensor([float(self.state.samples)], dtype=torch.float64, device=self.device)
+        if self.topo.ranks_per_city > 1:
+            dist.all_reduce(samples, group=self.groups.city)
         self.save()
-        if self.topo.global_rank == 0:
-            write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s)
-        dist.barrier(group=self.groups.world)
+        if self.topo.local_rank == 0:
+            result = write_city_result(
+                self.run_dir,
+                self.cfg,
+                self.topo,
+                self.city_name,
+                sums,
+                int(samples.item()),
+                self.model,
+                wall_s,
+                write_model=self.sync.holds_global_model(),
+            )
+            self.sync.report_final(result)
+        if self.world_store is not None:
+            dist.barrier(group=self.groups.world)
+        self.sync.leave("finished")
         self.close()
         destroy_groups()
         return 0
@@ -378,12 +421,26 @@ def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
     """Entry point of one rank (what launchers start). Returns the process exit code."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    topo = topo or Topology.from_env()
+    topo = topo or detect_topology()
     torch.set_num_threads(1)
     stop = StopFlag(cfg.train.requeue_signal)
+    device = pick_device(cfg.train.device, topo.local_rank)
+    backend = pick_backend(cfg.lan.backend, device)
+    if SYNCS[cfg.wan.algorithm].spans_world:
+        return _run_world(run_dir, cfg, topo, device, backend, stop)
+    groups = init_city_groups(topo, city_store(topo, cfg.lan.timeout_s), backend, cfg.lan.timeout_s)
+    return Trainer(run_dir, cfg, topo, groups, device, stop).run()
+
+
+def _run_world(
+    run_dir: Path, cfg: Config, topo: Topology, device: torch.device, backend: str, stop: StopFlag
+) -> int:
+    """The world-spanning baselines: one store for every rank, a new generation after a preemption."""
     store = connect_store(run_dir)
     while True:
-        code = Trainer(run_dir, cfg, topo, store, stop).run()
+        gen = generation(store)
+        groups = init_groups(topo, generation_store(store, gen), backend, cfg.lan.timeout_s)
+        code = Trainer(run_dir, cfg, topo, groups, device, stop, world_store=store).run()
         if code == 0:
             store.add(FINISHED_KEY, 1)
         if code != RESTART:

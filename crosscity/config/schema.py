@@ -83,6 +83,11 @@ class LanConfig:
             ) from None
 
 
+# The baselines that run one torch.distributed world over every city (plaintext gloo across the WAN,
+# all-or-nothing); the other algorithms meet through the coordinator (crosscity.federation).
+WORLD_ALGORITHMS = ("flat", "torch_hierarchical")
+
+
 @dataclass
 class WanConfig:
     algorithm: Literal["flat", "average", "diloco", "streaming", "torch_hierarchical"] = "average"
@@ -98,7 +103,7 @@ class WanConfig:
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "average", "reset"] = "keep"
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
-    min_cities: int = 0  # a round needs at least this many cities (0 = a majority of topology.cities)
+    min_cities: int = 1  # a round commits with at least this many cities (wait-after-minimum)
     round_timeout_s: float = 20.0  # a forming round waits this long for the cities still missing
     heartbeat_s: float = 1.0  # each city tells the coordinator it is alive this often
     dead_after_s: float = 5.0  # ... and is not waited for once silent this long (< round_timeout_s)
@@ -320,8 +325,10 @@ class Config:
         if not 0 <= self.wan.outer_momentum < 1:
             raise ConfigError(f"wan.outer_momentum={self.wan.outer_momentum}: allowed [0, 1)")
         w = self.wan
-        if not 0 <= w.min_cities <= self.topology.cities:
-            raise ConfigError(f"wan.min_cities={w.min_cities}: allowed 0 (majority) .. topology.cities")
+        if not 1 <= w.min_cities <= self.topology.cities:
+            raise ConfigError(
+                f"wan.min_cities={w.min_cities}: allowed 1..topology.cities={self.topology.cities}"
+            )
         if not 0 < w.heartbeat_s < w.dead_after_s < w.round_timeout_s:
             raise ConfigError(
                 f"wan.heartbeat_s={w.heartbeat_s} < wan.dead_after_s={w.dead_after_s} < "

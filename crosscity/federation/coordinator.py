@@ -58,7 +58,7 @@ class Coordinator:
         self.cities = cfg.topology.cities
         self.stripes = cfg.topology.ranks_per_city
         self.fragments = w.fragments if w.algorithm == "streaming" else 1
-        self.min_cities = min(w.min_cities or self.cities // 2 + 1, self.cities)
+        self.min_cities = w.min_cities
         self.samples_per_step = cfg.data.batch_size * self.stripes
         self.codec = make_codec(w.codec)
         self.feedback = ErrorFeedback() if w.error_feedback else None  # the downlink's residuals
@@ -76,11 +76,13 @@ class Coordinator:
         self.committed_attempt: dict[int, dict[int, int]] = {}  # city -> fragment -> attempt
         self.took_part: dict[int, dict[int, int]] = {}  # city -> fragment -> version it last joined at
         self.finals: dict[int, dict[str, Any]] = {}
-        self.started = False
-        self.first_registration: float | None = None
+        self.started = False  # the run's first start gate opened (persisted)
+        self.registered_here: set[int] = set()  # cities that registered with this coordinator process
+        self.first_here: float | None = None  # ... and when the first of them did
         self.state_generation = 0
         self.cond = threading.Condition()
-        self.stopping = False
+        self.stopping = False  # shutting the service down
+        self.stopping_run = False  # the run stops: every participant of the next rounds is told to
         self._load()
 
     # ------------------------------------------------------------------ timing (docs/fault_tolerance.md)
@@ -186,7 +188,8 @@ class Coordinator:
                     f"city {city}: its initial model differs from the run's (seed or model config?)"
                 )
             now = self.clock()
-            self.first_registration = self.first_registration or now
+            self.registered_here.add(city)
+            self.first_here = self.first_here or now
             record = self.members.register(city, f["name"], now)
             up_to_date = [self.versions.get(i, 0) for i in range(self.fragments)] == f["versions"]
             record.state = "training" if up_to_date or not self.globals else "healing"
@@ -248,28 +251,30 @@ class Coordinator:
         return Message(p.OK)
 
     def _wait_start(self, city: int, rank: int, msg: Message) -> Message:
-        """Hold every city until all of them registered (or the start timeout passed with a quorum):
-        the first round then includes everyone, so a run without faults is reproducible."""
+        """Hold a joining city until every city that has not finished registered with this coordinator
+        process (or its start timeout passed with min_cities): the first round of a run - and of a
+        resumed run - then includes everyone, so a run without faults is reproducible."""
         with self.cond:
-            while not self.started:
-                self._check_start()
-                if self.started:
-                    break
+            while not self._gate_open():
                 self.cond.wait(TICK_S * 4)
+            if not self.started:
+                self.started = True
+                self.event("start", cities=sorted(self.registered_here))
+                self._save()
             return Message(p.START, {"versions": self._versions()})
 
-    def _check_start(self) -> None:
-        if self.started or not self.globals:
-            return
-        registered = len(self.members.cities)
-        waited = self.clock() - (self.first_registration or self.clock())
-        if registered >= self.cities or (
-            waited >= self.cfg.wan.start_timeout_s and registered >= self.min_cities
-        ):
-            self.started = True
-            self.event("start", cities=sorted(self.members.cities))
-            self._save()
-            self.cond.notify_all()
+    def _gate_open(self) -> bool:
+        if not self.globals:
+            return False
+        unfinished = {
+            c
+            for c in range(self.cities)
+            if self.members.cities.get(c) is None or self.members.cities[c].state != "finished"
+        }
+        waited = self.clock() - (self.first_here or self.clock())
+        return unfinished <= self.registered_here or (
+            waited >= self.cfg.wan.start_timeout_s and len(self.registered_here) >= self.min_cities
+        )
 
     # ------------------------------------------------------------------ rounds
 
@@ -277,8 +282,8 @@ class Coordinator:
         f = msg.fields
         fragment, stripe = f["fragment"], f["stripe"]
         with self.cond:
-            if not self.started:
-                raise RequestError("the run has not started")
+            if not self.globals:
+                raise RequestError("the run has no global model yet")
             if city not in self.members.cities:
                 raise RequestError(f"city {city} is not registered: register again")
             self._check_stripe(fragment, stripe)
@@ -425,6 +430,7 @@ class Coordinator:
             "participants": list(rnd.quorum) if status == p.COMMITTED else [],
             "mode": mode,
             "committed_attempt": self.committed_attempt.get(city, {}).get(rnd.fragment, -1),
+            "stop": self.stopping_run and status == p.COMMITTED,
             "reason": reason,
         }
         return Message(p.ROUND, fields, arrays or [])
@@ -457,9 +463,18 @@ class Coordinator:
     def tick(self) -> None:
         """Deadlines and liveness change with time alone: re-check them (the monitor thread)."""
         with self.cond:
-            self._check_start()
+            if self._gate_open():
+                self.cond.notify_all()
             for rnd in list(self.forming.values()):
                 self._advance(rnd)
+
+    def request_stop(self) -> None:
+        """Stop the run at a round every city takes part in: its participants are told in the reply,
+        checkpoint right after merging it and leave; running the same command again resumes exactly."""
+        with self.cond:
+            if not self.stopping_run:
+                self.stopping_run = True
+                self.event("stop_requested")
 
     def finished(self) -> bool:
         """Every city of the run has trained to the end."""
@@ -472,7 +487,7 @@ class Coordinator:
         record = {"time": time.time(), "event": kind, **fields}
         with (self.dir / "events.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if kind in ("join", "leave", "round_skipped", "start", "refused", "bad_message"):
+        if kind in ("join", "leave", "round_skipped", "start", "refused", "bad_message", "stop_requested"):
             print(f"[coordinator] {kind} {json.dumps(fields)}", flush=True)
 
     def _save(self) -> None:

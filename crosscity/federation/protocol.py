@@ -53,6 +53,7 @@ ROUND = message_kind(
     participants=list,  # city ids whose updates were averaged
     mode=str,  # "delta": arrays = codec payload of (new - old global); "full": arrays = [float32 global]
     committed_attempt=int,  # this city's last upload of the fragment that took effect (-1: none)
+    stop=bool,  # the run is being stopped: checkpoint right after merging this round (exact resume)
     reason=str,
 )
 GLOBAL = message_kind("global", version=int, committed_attempt=int)  # + [float32 stripe]

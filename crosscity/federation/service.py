@@ -37,8 +37,10 @@ def serve(
     advertise: str | None = None,
     tls: TlsEndpoint | None = None,
     stop: threading.Event | None = None,
+    stop_run: threading.Event | None = None,
 ) -> int:
-    """Blocks until the run finished (exit 0) or `stop` is set (exit 0: the state is on disk)."""
+    """Blocks until the run finished (exit 0) or `stop` is set (exit 0: the state is on disk).
+    `stop_run` set: the cities are told to checkpoint and leave after their next round."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     coordinator = Coordinator(run_dir, cfg)
@@ -49,6 +51,8 @@ def serve(
     stop = stop or threading.Event()
     try:
         while not stop.wait(TICK_S):
+            if stop_run is not None and stop_run.is_set():
+                coordinator.request_stop()
             coordinator.tick()
             if coordinator.finished():
                 print("[coordinator] every city finished", flush=True)

@@ -17,7 +17,7 @@ import pytest
 from crosscity.bench.wan.emulator import WanEmulator
 from crosscity.bench.wan.link_probe import LinkReport, probe
 from crosscity.bench.wan.run_bench import run_method
-from crosscity.train.wan.codecs import make_codec
+from crosscity.federation.codecs import make_codec
 
 RATE_MBIT, DELAY_MS = 50.0, 20.0
 PREFIX, SUBNET, QUEUE = "cct", "10.77.1.0/24", 7701

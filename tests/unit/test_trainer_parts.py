@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from crosscity.config.schema import ModelConfig
+from crosscity.core.forecast_scores import pool_metrics
 from crosscity.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crosscity.train.data.batches import BatchStream
 from crosscity.train.data.windows import CityWindows
-from crosscity.train.evaluate import evaluate, pool_metrics
+from crosscity.train.evaluate import evaluate
 from crosscity.train.models import build_model
 
 
