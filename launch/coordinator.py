@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from crosscity.config.schema import load_config
+from crosscity.config import load_config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.train.distributed.rendezvous import COORDINATOR_FILE, FINISHED_KEY, advertised_host, host_store
 

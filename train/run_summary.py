@@ -1,4 +1,5 @@
-"""The end of a run: final model, summary.json (the demo's table), report and plots."""
+"""The end of a run in rank 0: final model and summary.json (the demo's table). The report and plots are
+the launcher's (launch/report/run_report.py), written after the ranks finished."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosscity.config.schema import Config, to_dict
+from crosscity.config import Config, to_dict
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
-from crosscity.launch.report.run_report import write_report
 from crosscity.train.evaluate import pool_metrics
 from crosscity.train.observe.metrics_log import read_records
 from crosscity.train.wan.collectives import ring_allreduce_bytes
@@ -59,5 +59,4 @@ def write_summary(
     final = Path(run_dir) / "final" / "model.pt"
     state = {"model": model.state_dict(), "config": to_dict(cfg)}
     atomic_write(final, lambda fh: torch.save(state, fh))
-    write_report(run_dir)  # report.md + plots/*.png (loss, validation, time breakdown, WAN bytes)
     return summary

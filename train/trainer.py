@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from crosscity.config.schema import Config, load_config
+from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.checkpoint import (
     checkpoint_path,
@@ -39,6 +40,7 @@ from crosscity.train.distributed.rendezvous import (
     generation_store,
 )
 from crosscity.train.distributed.topology import Topology
+from crosscity.train.distributed.topology_env import detect_topology
 from crosscity.train.evaluate import evaluate, pool_metrics
 from crosscity.train.lan.allreduce import allreduce_gradients, open_reducer
 from crosscity.train.models import build_model
@@ -49,7 +51,6 @@ from crosscity.train.run_summary import write_summary
 from crosscity.train.wan.collectives import ring_allreduce_bytes
 from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
 RESTART = -1
 
 
@@ -430,7 +431,7 @@ def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
     """Entry point of one rank (what launchers start). Returns the process exit code."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    topo = topo or Topology.from_env()
+    topo = topo or detect_topology()
     torch.set_num_threads(1)
     stop = StopFlag(cfg.train.requeue_signal)
     store = connect_store(run_dir)

@@ -1,15 +1,21 @@
-"""`crosscity run`: resolve the config, check the data before any process starts, launch locally."""
+"""`crosscity run`: check the config, the host and the data before any process starts, launch locally,
+then write the report (the launcher reports; a rank only trains)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from crosscity.config.schema import Config
+from crosscity.config import Config
+from crosscity.core.exit_codes import EXIT_BAD_INPUT
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.verify import full_check, quick_check
+from crosscity.launch.local.host import ThisHost
 from crosscity.launch.local.launcher import LocalLauncher
-from crosscity.launch.run_dir import resolve_run
+from crosscity.launch.preflight import check_host
+from crosscity.launch.report.run_report import report_after_run
+from crosscity.launch.run_dir import load_run, write_run
 from crosscity.train.trainer import city_names
 
 
@@ -27,19 +33,30 @@ def check_data(cfg: Config) -> None:
             quick_check(city_dir)
 
 
+def preflight(config: str | Path | None, overrides: Sequence[str], run_dir: Path | None = None) -> Config:
+    """The config (ConfigError) and this host (HostError): everything checked before data is touched."""
+    cfg = load_run(config, overrides, run_dir)
+    check_host(cfg, ThisHost())
+    return cfg
+
+
 def run_command(
-    config: str | Path | None, overrides: list[str], run_dir: Path | None = None, echo: bool = True
+    config: str | Path | None, overrides: Sequence[str], run_dir: Path | None = None, echo: bool = True
 ) -> int:
-    cfg, path = resolve_run(config, overrides, run_dir)
+    cfg = preflight(config, overrides, run_dir)
     try:
         check_data(cfg)
     except (FileNotFoundError, DatasetError) as exc:
         print(f"crosscity run: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    path = write_run(cfg)
     print(
         f"[launch] {cfg.topology.cities} cities x {cfg.topology.ranks_per_city} ranks, "
         f"wan.algorithm={cfg.wan.algorithm} "
         f"codec={cfg.wan.codec}, run dir {path}",
         flush=True,
     )
-    return LocalLauncher(path, cfg, echo=echo).run()
+    code = LocalLauncher(path, cfg, echo=echo).run()
+    if code == 0:
+        report_after_run(path)
+    return code

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from crosscity.config.schema import ConfigError, WanConfig
+from crosscity.config import ConfigError, WanConfig
 from crosscity.train.wan.sync import AverageSync, DiLoCoSync, SyncSchedule
 from tests.helpers.distributed import run_on_cities
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosscity.launch.slurm.submit import write_jobs
+from crosscity.launch.slurm.plan import write_jobs
 from tests.helpers.launchers import require_mpiexec
 from tests.helpers.runs import CONFIG, REPO, crosscity, final_params
 from tests.helpers.slurm import (

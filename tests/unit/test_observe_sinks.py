@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from crosscity.config.schema import MonitorConfig
+from crosscity.config import MonitorConfig
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.sinks import PrometheusSink, make_sinks, numeric_fields, tensorboard_sink
 

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from crosscity.config.schema import load_config, save_config
+from crosscity.config import load_config, save_config
 from crosscity.launch.report.run_report import main, write_report
 
 T0 = 1_790_000_000.0
@@ -149,7 +149,8 @@ def write_run(run_dir: Path, finished: bool) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     event = rec("event", 0, 0, 30, 6.1, event="resume", message="resumed at step 30 (generation 1)")
-    (run_dir / "events.jsonl").write_text(json.dumps(event) + "\n")
+    with (run_dir / "metrics" / "rank0.jsonl").open("a") as fh:  # events are metrics records of kind event
+        fh.write(json.dumps(event) + "\n")
     if finished:
         summary = {
             "cities": [

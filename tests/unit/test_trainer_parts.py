@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from crosscity.config.schema import ModelConfig
+from crosscity.config import ModelConfig
 from crosscity.train.checkpoint import load_checkpoint, save_checkpoint
 from crosscity.train.data.batches import BatchStream
 from crosscity.train.data.windows import CityWindows

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosscity.config.schema import ConfigError
 from crosscity.train.wan.collectives import WanBytes, gather_stripes, stripe_bounds, weighted_mean
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
@@ -55,11 +54,6 @@ class StreamingSync(InterCitySync):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         cfg = self.cfg
-        if cfg.optimizer_state != "keep":
-            raise ConfigError(
-                f"wan.optimizer_state={cfg.optimizer_state!r}: streaming supports only 'keep' "
-                "(fragments meet at different steps: there is no one step to average or reset all state at)"
-            )
         flat = self._flat_params()
         self.bounds = [stripe_bounds(flat.numel(), cfg.fragments, f) for f in range(cfg.fragments)]
         self.phase = [

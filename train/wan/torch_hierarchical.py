@@ -24,7 +24,6 @@ from typing import Any
 from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
-from crosscity.config.schema import ConfigError
 from crosscity.train.wan.collectives import WanBytes, ring_allreduce_bytes
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
@@ -38,10 +37,6 @@ class TorchHierarchicalSync(InterCitySync):
         intra = getattr(self.cfg, "torch_intra_every", 0)  # 0 = no intra-city level
         levels: OrderedDict[int, int] = OrderedDict()
         if intra:
-            if not 0 < intra < every or every % intra:
-                raise ConfigError(
-                    f"wan.torch_intra_every={intra}: must divide wan.sync_every={every} and be smaller"
-                )
             levels[intra] = self.topo.ranks_per_city
         levels[every] = world
         self.averager = HierarchicalModelAverager(levels, warmup_steps=self.cfg.warmup_steps)
