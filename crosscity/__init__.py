@@ -1,16 +1,17 @@
 """crosscity: train one model on data that stays in several cities.
 
-The public Python API is these few functions; each wraps what the `crosscity` command runs, and each
-imports its module only when called, so `import crosscity` stays cheap and never imports torch:
+The public Python API is these few functions (README: Python API); each wraps what the `crosscity`
+command runs and imports its module only when called, so `import crosscity` stays cheap and never
+imports torch:
 
     import crosscity
 
-    crosscity.prepare_dataset("data/beijing", preset="beijing")    # shipped CSVs -> 4 city datasets
-    cfg = crosscity.load_config("configs/beijing_mlp.yaml", ["topology.cities=2"])
-    code = crosscity.run_local("configs/beijing_mlp.yaml", ["train.steps=50"], run_dir="runs/api")
-    run_dir, jobs = crosscity.submit("configs/beijing_mlp.yaml", ["slurm.partition=gpu"])
+    crosscity.prepare_dataset("data/beijing", preset="beijing")  # the shipped CSVs -> 4 city datasets
+    cfg = crosscity.load_config("my.yaml", ["topology.cities=2"])
+    code = crosscity.run_local("my.yaml", ["train.steps=50"], run_dir="runs/api")
+    run_dir, jobs = crosscity.submit("my.yaml", ["slurm.partition=gpu"])
 
-Bad input raises (ConfigError, HostError, DataPrepError) with the same one line the command prints.
+Bad input raises (ConfigError, HostError, DataPrepError) with the one line the command would print.
 """
 
 from __future__ import annotations

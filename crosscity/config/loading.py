@@ -57,20 +57,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if text in ("false", "0", "no", "off"):
             return False
         raise ConfigError(f"{key}={value!r}: expected true or false")
-    if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{key}={value!r}: expected an integer")
+    if tp in (int, float):
+        expected = f"{key}={value!r}: expected {'an integer' if tp is int else 'a number'}"
+        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(expected)
         try:
-            return int(value)
+            return tp(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r}: expected an integer") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r}: expected a number") from None
+            raise ConfigError(expected) from None
     if tp is str:
         if isinstance(value, bool):
             raise ConfigError(

@@ -57,7 +57,8 @@ COORDINATOR_WAIT_S = 300
 
 
 def run_city_rank(run_dir: str, city: int, num_cities: int, coordinator: str) -> int:
-    """One rank of one city (srun starts it once per task): set the topology, run `crosscity train`."""
+    """One rank of one city (srun starts it once per task): set the topology, run the rank as
+    `crosscity train RUN_DIR` would."""
     os.environ.update(CROSSCITY_CITY=str(city), CROSSCITY_NUM_CITIES=str(num_cities))
     if coordinator == "job":
         os.environ.pop("MASTER_ADDR", None)
@@ -77,9 +78,9 @@ def run_city_rank(run_dir: str, city: int, num_cities: int, coordinator: str) ->
             f"{os.environ.get('SLURM_JOB_NODELIST')} (restart {os.environ.get('SLURM_RESTART_COUNT', 0)})",
             flush=True,
         )
-    from crosscity.launch.cli import main as crosscity
+    from crosscity.train.trainer import run_rank  # this runs on the node: the rank itself imports torch
 
-    code = crosscity(["train", run_dir])
+    code = run_rank(Path(run_dir))
     if code == EXIT_REQUEUE:
         sys.exit(code)  # no result pickle: the run is not over; the teardown requeues this task
     if code != 0:
