@@ -33,6 +33,8 @@ DELEGATED = {
         "crosscity.launch.coordinator",
         "host the rendezvous store for the cities of a Slurm run",
     ),
+    "certs": ("crosscity.launch.certs_command", "CA and per-city certificates: init, add, revoke, export"),
+    "audit": ("crosscity.launch.audit_command", "verify a run's hash-chained audit.jsonl and summarise it"),
 }
 
 EPILOG = """examples:

@@ -12,9 +12,10 @@ from torch import nn
 
 from crosscity.config import Config, to_dict
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.train.distributed.topology import Topology
 from crosscity.train.evaluate import pool_metrics
 from crosscity.train.observe.metrics_log import read_records
-from crosscity.train.wan.collectives import ring_allreduce_bytes
+from crosscity.train.wan.collectives import world_ring_bytes
 
 
 def write_summary(
@@ -38,11 +39,8 @@ def write_summary(
     n_params = sum(p.numel() for p in model.parameters())
     topo = cfg.topology
     # What flat data parallel puts on the WAN for the same steps: one fp32 gradient ring hop out of each city.
-    flat = (
-        cfg.train.steps
-        * topo.cities
-        * ring_allreduce_bytes(4 * (n_params + 1), topo.cities * topo.ranks_per_city)
-    )
+    leaving_city = world_ring_bytes(4 * (n_params + 1), Topology(0, topo.cities, 0, topo.ranks_per_city))
+    flat = cfg.train.steps * topo.cities * leaving_city.sent
     summary = {
         "cities": cities,
         "overall": {f"val_{k}": v for k, v in overall.items()},

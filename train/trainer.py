@@ -42,14 +42,13 @@ from crosscity.train.distributed.rendezvous import (
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.distributed.topology_env import detect_topology
 from crosscity.train.evaluate import evaluate, pool_metrics
-from crosscity.train.lan.allreduce import allreduce_gradients, open_reducer
 from crosscity.train.models import build_model
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.straggler import StragglerDetector
 from crosscity.train.observe.telemetry import start_telemetry
 from crosscity.train.run_summary import write_summary
-from crosscity.train.wan.collectives import ring_allreduce_bytes
-from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
+from crosscity.train.wan.registry import build_sync
+from crosscity.train.wan.sync import InterCitySync, WanRound
 
 RESTART = -1
 
@@ -121,8 +120,6 @@ class Trainer:
         backend = pick_backend(cfg.lan.backend, self.device)
         self.groups = init_groups(topo, generation_store(store, self.gen), backend)
         self.store = store
-        self.flat = cfg.wan.algorithm == "flat"
-        self.lan = open_reducer(cfg.lan.backend, topo, self.groups, self.flat, self.device)
 
         self.city_name = city_names(cfg)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
@@ -156,13 +153,12 @@ class Trainer:
         ).to(self.device)
         self.optimizer = self._build_optimizer()
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
-        self.sync: InterCitySync = build_sync(cfg.wan, self.model, self.optimizer, topo, self.groups)
+        self.sync: InterCitySync = build_sync(cfg, self.model, self.optimizer, topo, self.groups, self.device)
         self.state = RankState()
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
         # Who this rank sums gradients with: with Horovod, proof that its world is the city alone.
-        self.log.write("lan", backend=cfg.lan.backend, lan_rank=self.lan.rank, lan_size=self.lan.size)
-        self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.pending_vote: tuple[Any, torch.Tensor, bool] | None = None
+        reducer = self.sync.reducer
+        self.log.write("lan", backend=cfg.lan.backend, lan_rank=reducer.rank, lan_size=reducer.size)
         self.interval = StepInterval()
         mon = cfg.monitor
         self.stragglers = StragglerDetector.per_check(
@@ -223,9 +219,7 @@ class Trainer:
         loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
         loss.backward()
         t2 = time.perf_counter()
-        words = [float(self.stop.raised), *self.sync.city_votes()]
-        votes, *sync_votes = allreduce_gradients(self.model, self.lan, self.cfg.lan.grad_dtype, words)
-        self.sync.take_city_votes(sync_votes)
+        (votes,) = self.sync.sum_gradients([float(self.stop.raised)])
         t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -238,16 +232,18 @@ class Trainer:
         t5 = time.perf_counter()
         if wan_round is not None:
             self._log_round(wan_round)
-        return {
+        m = {
             "loss": float(loss.detach()),
             "votes": votes,
             "t_data": t1 - t0,
             "t_compute": (t2 - t1) + (t4 - t3),
-            "t_lan": 0.0 if self.flat else t3 - t2,
-            "t_wan": (t3 - t2 if self.flat else 0.0) + (t5 - t4),
+            "t_lan": 0.0,
+            "t_wan": t5 - t4,
             "t_step": t5 - t0,
             "samples": len(x),
         }
+        m[f"t_{self.sync.gradient_link}"] += t3 - t2  # the gradient sum: LAN, or WAN for flat
+        return m
 
     def _log_round(self, r: WanRound) -> None:
         self.log.write(
@@ -261,38 +257,6 @@ class Trainer:
             fragment=r.fragment,
             **r.extra,
         )
-
-    def _flat_step_bytes(self) -> int:
-        """Gradient bytes this rank puts on the WAN per flat step: only the ring hop leaving its city."""
-        first_in_city = self.topo.local_rank == 0  # gloo's ring sends to rank - 1
-        n = self.n_params + 1
-        size = 2 if self.cfg.lan.grad_dtype != "fp32" else 4
-        return (
-            ring_allreduce_bytes(n * size, self.topo.world_size)
-            if first_in_city and self.topo.num_cities > 1
-            else 0
-        )
-
-    def _agree_to_stop(self, votes: float, at_boundary: bool) -> tuple[bool, bool]:
-        """(stop now?, is my city the one leaving?), the same answer on every rank at the same step.
-
-        Cities vote at each round boundary with a background all-reduce and act on the result at
-        the next boundary: the vote never blocks training on a WAN round trip, and a preemption
-        notice (minutes ahead) easily covers one period.
-        """
-        if self.flat:  # the world gradient all-reduce already carried every rank's vote
-            return votes > 0, self.stop.raised
-        if not at_boundary:
-            return False, False
-        if self.pending_vote is not None:
-            work, flag, mine = self.pending_vote
-            work.wait()
-            self.pending_vote = None
-            if flag.item() > 0:
-                return True, mine
-        flag = torch.tensor([1.0 if votes > 0 else 0.0], device=self.device)
-        self.pending_vote = (dist.all_reduce(flag, group=self.groups.world, async_op=True), flag, votes > 0)
-        return False, False
 
     def evaluate_city(self) -> dict[str, float]:
         """Each rank of the city scores 1/R of the validation windows and the sums meet over the LAN:
@@ -322,26 +286,13 @@ class Trainer:
         # others wait for it at their first WAN exchange.
         dist.barrier(group=self.groups.world)
         t_start, last_log = time.perf_counter(), time.perf_counter()
-        flat_bytes = self._flat_step_bytes() if self.flat else 0
         while self.state.step < cfg.train.steps:
             m = self.train_step()
             t0 = time.perf_counter()
-            boundary = self.flat or self.sync.schedule.is_round(self.state.step)
-            stop, leaving = self._agree_to_stop(m["votes"], boundary)
+            stop, leaving = self.sync.agree_to_stop(m["votes"], self.stop.raised, self.state.step)
             vote_s = time.perf_counter() - t0
             m["t_wan"] += vote_s
             m["t_step"] += vote_s
-            if self.flat and flat_bytes:
-                self.log.write(
-                    "wan",
-                    round=self.state.step,
-                    bytes_sent=flat_bytes,
-                    bytes_recv=flat_bytes,
-                    seconds=m["t_wan"],
-                    codec="none",
-                    participants=list(range(self.topo.num_cities)),
-                    fragment=None,
-                )
             self.interval.add(m)
             if self.state.step % cfg.train.log_every == 0 or self.state.step == cfg.train.steps:
                 self._log_interval(m["loss"])
@@ -360,7 +311,6 @@ class Trainer:
         self.sync.close()
         self.telemetry.stop()
         self.log.close()
-        self.lan.close()
 
     def _log_interval(self, loss: float) -> None:
         """Mean step-time breakdown since the last log line, and the city's straggler check."""
@@ -399,8 +349,6 @@ class Trainer:
         return EXIT_REQUEUE if leaving else RESTART
 
     def _finish(self, wall_s: float) -> int:
-        if self.pending_vote is not None:
-            self.pending_vote[0].wait()  # training is over: a late vote changes nothing
         final = self.sync.finish()
         if final is not None:
             self._log_round(final)

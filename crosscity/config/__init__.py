@@ -1,7 +1,7 @@
 """The typed run config: sections (dataclasses), loading (YAML + overrides), rules (checked at load)."""
 
 from crosscity.config.errors import ConfigError
-from crosscity.config.loading import load_config, parse_override, save_config, to_dict
+from crosscity.config.loading import load_config, save_config, to_dict
 from crosscity.config.sections import (
     Config,
     DataConfig,
@@ -28,7 +28,6 @@ __all__ = [
     "TrainConfig",
     "WanConfig",
     "load_config",
-    "parse_override",
     "save_config",
     "to_dict",
 ]

@@ -118,7 +118,8 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-AT_LEAST_0, AT_LEAST_1, FRACTION = Bound(0), Bound(1), Bound(0, 1, high_open=True)
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Bound(0), Bound(1), Bound(0, low_open=True)
+FRACTION = Bound(0, 1, high_open=True)
 # Every number of every section but slurm (whose resources are checked per city, below).
 BOUNDS = {
     "data.past_hours": AT_LEAST_1,
@@ -130,7 +131,7 @@ BOUNDS = {
     "model.hidden": AT_LEAST_1,
     "model.layers": AT_LEAST_1,
     "model.dropout": FRACTION,
-    "optim.lr": Bound(0, low_open=True),
+    "optim.lr": POSITIVE,
     "optim.momentum": FRACTION,
     "optim.weight_decay": AT_LEAST_0,
     "optim.grad_clip": AT_LEAST_0,
@@ -141,6 +142,13 @@ BOUNDS = {
     "wan.overlap_steps": AT_LEAST_0,
     "wan.warmup_steps": AT_LEAST_0,
     "wan.torch_intra_every": AT_LEAST_0,
+    "wan.min_cities": AT_LEAST_0,  # 0 = a majority; at most topology.cities (min_cities_within_topology)
+    "wan.round_timeout_s": POSITIVE,
+    "wan.heartbeat_s": POSITIVE,
+    "wan.dead_after_s": POSITIVE,
+    "wan.start_timeout_s": POSITIVE,
+    "wan.min_rate_mbit": POSITIVE,
+    "lan.timeout_s": POSITIVE,
     "topology.cities": AT_LEAST_1,
     "topology.ranks_per_city": AT_LEAST_1,
     "train.steps": AT_LEAST_1,
@@ -149,6 +157,7 @@ BOUNDS = {
     "train.log_every": AT_LEAST_1,
     "train.checkpoint_every": AT_LEAST_0,
     "train.max_val_windows": AT_LEAST_0,
+    "train.max_city_restarts": AT_LEAST_0,
     "monitor.gpu_interval_s": AT_LEAST_0,
     "monitor.straggler_factor": Bound(1, low_open=True),
     "monitor.straggler_steps": AT_LEAST_1,
@@ -180,9 +189,12 @@ def _ranges(cfg: Config) -> str | None:
     return None
 
 
-@rule("non_empty_strings", "data.dir", "data.target", "train.run_dir")
+NON_EMPTY = ("data.dir", "data.target", "train.run_dir", "monitor.prometheus_host")
+
+
+@rule("non_empty_strings", *NON_EMPTY)
 def _non_empty(cfg: Config) -> str | None:
-    for key in ("data.dir", "data.target", "train.run_dir"):
+    for key in NON_EMPTY:
         if not str(value(cfg, key)).strip():
             return f"{key}={value(cfg, key)!r}: must not be empty"
     return None
@@ -334,6 +346,26 @@ def _intra(cfg: Config) -> str | None:
         return (
             f"wan.torch_intra_every={intra}: must divide wan.sync_every={every} and be smaller "
             "(torch_hierarchical's intra-city level runs between its inter-city rounds)"
+        )
+    return None
+
+
+@rule("min_cities_within_topology", "wan.min_cities", "topology.cities")
+def _min_cities(cfg: Config) -> str | None:
+    if cfg.wan.min_cities > cfg.topology.cities:
+        cities = cfg.topology.cities
+        return f"wan.min_cities={cfg.wan.min_cities}: allowed 0 (a majority) .. topology.cities={cities}"
+    return None
+
+
+@rule("dead_city_found_before_round_gives_up", "wan.heartbeat_s", "wan.dead_after_s", "wan.round_timeout_s")
+def _liveness(cfg: Config) -> str | None:
+    w = cfg.wan
+    if not w.heartbeat_s < w.dead_after_s < w.round_timeout_s:
+        return (
+            f"wan.heartbeat_s={w.heartbeat_s} < wan.dead_after_s={w.dead_after_s} < "
+            f"wan.round_timeout_s={w.round_timeout_s} must hold (docs/fault_tolerance.md: a dead city "
+            "is recognised before a round gives up waiting for it)"
         )
     return None
 

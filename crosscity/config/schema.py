@@ -1,6 +1,5 @@
-"""The config's former single module, kept only for the modules being rewritten now (train/trainer.py,
-train/wan/sync.py, launch/local/launcher.py); everything else imports `crosscity.config`."""
+"""The config's former single module, kept as an import path so code written against it (and branches
+in flight) keeps working; new code imports `crosscity.config`. Nothing is defined here."""
 
-from crosscity.config import Config, ConfigError, WanConfig, load_config
-
-__all__ = ["Config", "ConfigError", "WanConfig", "load_config"]
+from crosscity.config import *  # noqa: F403
+from crosscity.config import __all__  # noqa: F401

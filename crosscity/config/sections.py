@@ -50,6 +50,7 @@ class OptimConfig:
 class LanConfig:
     backend: Literal["auto", "gloo", "nccl", "horovod"] = "auto"  # horovod: one Horovod world per city
     grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # gradient compression on the LAN all-reduce
+    timeout_s: float = 120.0  # a city's collective that hangs this long (a stuck rank) fails the city
 
 
 @dataclass
@@ -67,6 +68,12 @@ class WanConfig:
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "average", "reset"] = "keep"
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
+    min_cities: int = 0  # a round needs at least this many cities (0 = a majority of topology.cities)
+    round_timeout_s: float = 20.0  # a forming round waits this long for the cities still missing
+    heartbeat_s: float = 1.0  # each city tells the coordinator it is alive this often
+    dead_after_s: float = 5.0  # ... and is not waited for once silent this long (< round_timeout_s)
+    start_timeout_s: float = 300.0  # the first round waits this long for every city to register
+    min_rate_mbit: float = 10.0  # slowest city link to tolerate: sets how long a round's uploads may take
 
 
 @dataclass
@@ -86,6 +93,7 @@ class TrainConfig:
     run_dir: str = "runs/latest"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_val_windows: int = 0  # cap validation windows per city (0 = all), for quick runs
+    max_city_restarts: int = 10  # local launcher: restarts of a failed city before the run gives up on it
 
 
 @dataclass
@@ -95,6 +103,7 @@ class MonitorConfig:
     straggler_steps: int = 20  # ... for this many consecutive steps
     tensorboard: bool = False
     prometheus_port: int = 0  # 0 = off
+    prometheus_host: str = "127.0.0.1"  # address the exporter binds; 0.0.0.0 exposes it on every interface
 
 
 # What slurm.per_city may set for one city: the resources of one array task (not the coordinator).

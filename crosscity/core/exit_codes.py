@@ -4,4 +4,3 @@ values and generated scripts export them: launch/slurm/plan.py; a test keeps the
 EXIT_FAILED = 1  # a rank failed, Slurm refused a job, a dataset failed its check
 EXIT_BAD_INPUT = 2  # a bad config, command line or host: one line on stderr, nothing started
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after the requeue signal, requeue this city
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)

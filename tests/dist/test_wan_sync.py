@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from crosscity.config import ConfigError, WanConfig
-from crosscity.train.wan.sync import AverageSync, DiLoCoSync, SyncSchedule
+from crosscity.config import WanConfig
+from crosscity.train.wan.average import AverageSync
+from crosscity.train.wan.diloco import DiLoCoSync
 from tests.helpers.distributed import run_on_cities
 
 CITY_SAMPLES = {0: 10, 1: 30}  # unequal: FedAvg weights must follow them exactly
@@ -72,10 +73,3 @@ def test_diloco_outer_nesterov_step_on_weighted_pseudo_gradient(
     for params in results.values():
         for got, p0 in zip(params, init, strict=True):
             torch.testing.assert_close(got, p0.detach() + factor * mean_move, rtol=1e-5, atol=1e-6)
-
-
-def test_schedule_one_clock() -> None:
-    s = SyncSchedule(every=5, warmup=3)
-    assert [t for t in range(1, 20) if s.is_round(t)] == [1, 2, 3, 8, 13, 18]
-    with pytest.raises(ConfigError, match="wan.sync_every=0"):
-        SyncSchedule(every=0)

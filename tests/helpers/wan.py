@@ -14,7 +14,8 @@ from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import TorchReducer, allreduce_gradients
-from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
+from crosscity.train.wan.registry import SYNCS
+from crosscity.train.wan.sync import InterCitySync, WanRound
 
 INNER_LR = 0.05
 
@@ -79,7 +80,7 @@ def fresh(
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
     if isinstance(make_sync, WanConfig):
-        return model, opt, build_sync(make_sync, model, opt, topo, groups)
+        return model, opt, SYNCS[make_sync.algorithm](make_sync, model, opt, topo, groups)
     return model, opt, make_sync(model, opt, topo, groups)
 
 

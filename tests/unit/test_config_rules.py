@@ -45,6 +45,9 @@ ROWS = [
     Row("value_ranges", ["monitor.straggler_factor=1"], "monitor.straggler_factor=1.0: allowed > 1"),
     Row("value_ranges", ["monitor.prometheus_port=70000"], "monitor.prometheus_port=70000: allowed 0..65535"),
     Row("non_empty_strings", ["data.target="], "data.target='': must not be empty"),
+    Row("non_empty_strings", ["monitor.prometheus_host="], "monitor.prometheus_host='': must not be empty"),
+    Row("value_ranges", ["lan.timeout_s=0"], "lan.timeout_s=0.0: allowed > 0"),
+    Row("value_ranges", ["train.max_city_restarts=-1"], "train.max_city_restarts=-1: allowed >= 0"),
     Row(
         "no_duplicates",
         ["data.cities=north,north", "topology.cities=2"],
@@ -115,6 +118,12 @@ ROWS = [
         "torch_intra_every_divides_period",
         ["wan.algorithm=torch_hierarchical", "wan.torch_intra_every=3"],
         "wan.torch_intra_every=3: must divide wan.sync_every=20",
+    ),
+    Row("min_cities_within_topology", ["wan.min_cities=5"], "wan.min_cities=5: allowed 0 (a majority) .. "),
+    Row(
+        "dead_city_found_before_round_gives_up",
+        ["wan.heartbeat_s=6"],
+        "wan.heartbeat_s=6.0 < wan.dead_after_s=5.0 < wan.round_timeout_s=20.0 must hold",
     ),
     Row("prometheus_ports_fit", ["monitor.prometheus_port=65530"], "monitor.prometheus_port=65530: rank G"),
     Row("slurm_coordinator_address", ["slurm.coordinator=elsewhere"], "allowed 'job' or HOST:PORT"),

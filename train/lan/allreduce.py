@@ -20,6 +20,7 @@ from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GRAD_BYTES = {name: torch.empty((), dtype=dtype).element_size() for name, dtype in _DTYPES.items()}
 
 
 class LanReducer(Protocol):
@@ -49,16 +50,13 @@ class TorchReducer:
         pass
 
 
-def open_reducer(
-    backend: str, topo: Topology, groups: Groups, world: bool, device: torch.device
-) -> LanReducer:
-    """The reducer `lan.backend` names over the city (or every rank when `world`, torch only: the
-    config rejects Horovod with `wan.algorithm=flat`)."""
+def open_reducer(backend: str, topo: Topology, groups: Groups, device: torch.device) -> LanReducer:
+    """The reducer `lan.backend` names over the city."""
     if backend == "horovod":
         from crosscity.train.lan.horovod import HorovodReducer
 
         return HorovodReducer(topo, groups.city, device)
-    return TorchReducer(groups.world if world else groups.city)
+    return TorchReducer(groups.city)
 
 
 def allreduce_gradients(

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from crosscity.config.schema import WanConfig
+from crosscity.train.wan.clock import RoundClock
 from crosscity.train.wan.collectives import WanBytes, gather_stripes, stripe_bounds, weighted_mean
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
@@ -51,14 +53,14 @@ class _InFlight:
 class StreamingSync(InterCitySync):
     """Fragment-wise DiLoCo with background exchanges; the stripe group belongs to its worker thread."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        cfg = self.cfg
+    @classmethod
+    def make_clock(cls, cfg: WanConfig) -> RoundClock:
+        return RoundClock(cfg.sync_every, cfg.warmup_steps, cfg.fragments)
+
+    def __init__(self, cfg: WanConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, *args, **kwargs)
         flat = self._flat_params()
         self.bounds = [stripe_bounds(flat.numel(), cfg.fragments, f) for f in range(cfg.fragments)]
-        self.phase = [
-            ((f + 1) * cfg.sync_every // cfg.fragments) % cfg.sync_every for f in range(cfg.fragments)
-        ]
         self.anchors = [nn.Parameter(flat[a:b].clone(), requires_grad=False) for a, b in self.bounds]
         nesterov = cfg.nesterov and cfg.outer_momentum > 0
         self.outer = torch.optim.SGD(
@@ -77,25 +79,24 @@ class StreamingSync(InterCitySync):
         for f in range(self.cfg.fragments):
             self.samples_since[f] += samples
             self.steps_since[f] += 1
-        if step <= self.cfg.warmup_steps:
+        if self.clock.in_warmup(step):
             return self._round()
         merged = None
         for f in self._mergeable(step):
             merged = self._merge(f, step)
-        for f in range(self.cfg.fragments):
-            if (step - self.cfg.warmup_steps) % self.cfg.sync_every == self.phase[f]:
-                self._start(f, step)
-                if self.cfg.overlap_steps == 0:
-                    merged = self._merge(f, step)
+        for f in self.clock.fragments_due(step):
+            self._start(f, step)
+            if self.cfg.overlap_steps == 0:
+                merged = self._merge(f, step)
         return merged
 
-    def finish(self) -> WanRound | None:
+    def _final_round(self) -> WanRound | None:
         """Land every exchange in flight, then one synchronous round of every fragment; the returned
         round carries the bytes of all of them (the trainer logs one final round)."""
         rounds = [self._merge(f, None) for f in sorted(self.in_flight)]
         if any(self.steps_since):
             rounds.append(self._round())
-        self.close()
+        self.worker.shutdown(wait=True)
         if not rounds:
             return None
         last = rounds[-1]
@@ -108,6 +109,7 @@ class StreamingSync(InterCitySync):
     def close(self) -> None:
         """Stop the worker thread without another round (after a checkpoint, when the rank leaves)."""
         self.worker.shutdown(wait=True)
+        super().close()
 
     # ------------------------------------------------------------------ one fragment
 

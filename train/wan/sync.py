@@ -1,10 +1,9 @@
-"""Inter-city synchronisation: how and when the cities' models meet across the WAN.
+"""The interface every inter-city algorithm implements, and what all of them share.
 
-Every algorithm is an `InterCitySync` that the trainer calls after each inner optimizer step.
-`average` is local SGD with FedAvg weights (samples each city processed since the last round);
-`diloco` treats (params at last round - params now) as a pseudo-gradient, averages it across
-cities and applies it with an outer Nesterov SGD. `flat` is the data-parallel baseline: gradients
-cross the WAN every step, so the sync itself does nothing but count those bytes.
+The trainer is algorithm-agnostic: after each backward pass it asks the sync to sum the step's
+gradients (`sum_gradients`: over the city's LAN, or over every rank for the flat baseline), after
+each optimizer step it calls `after_step`, and it checkpoints, votes to stop and evaluates on the
+sync's one `clock`. Everything that crosses the WAN, and its byte accounting, lives behind this.
 """
 
 from __future__ import annotations
@@ -12,15 +11,18 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from crosscity.config.schema import ConfigError, WanConfig
+from crosscity.config.schema import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
+from crosscity.train.lan.allreduce import LanReducer, TorchReducer, allreduce_gradients, open_reducer
+from crosscity.train.wan.clock import RoundClock
 from crosscity.train.wan.codecs import ErrorFeedback, make_codec
 from crosscity.train.wan.collectives import WanBytes, average_across_cities
 
@@ -36,25 +38,11 @@ class WanRound:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class SyncSchedule:
-    """One step clock for warm-up and rounds: step s (1-based) syncs when s <= W or (s - W) % H == 0."""
-
-    every: int
-    warmup: int = 0
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ConfigError(f"wan.sync_every={self.every}: must be >= 1")
-        if self.warmup < 0:
-            raise ConfigError(f"wan.warmup_steps={self.warmup}: must be >= 0")
-
-    def is_round(self, step: int) -> bool:
-        return step <= self.warmup or (step - self.warmup) % self.every == 0
-
-
 class InterCitySync(ABC):
-    """Called by the trainer after each inner step; owns everything that crosses the WAN."""
+    """Called by the trainer every step; owns everything that crosses the WAN."""
+
+    # Which link the step's gradient sum travels: the city's LAN, or (flat) the WAN itself.
+    gradient_link: ClassVar[Literal["lan", "wan"]] = "lan"
 
     def __init__(
         self,
@@ -63,21 +51,75 @@ class InterCitySync(ABC):
         optimizer: torch.optim.Optimizer,
         topo: Topology,
         groups: Groups,
+        reducer: LanReducer | None = None,
+        grad_dtype: str = "fp32",
     ):
         self.cfg, self.model, self.optimizer, self.topo, self.groups = cfg, model, optimizer, topo, groups
-        self.schedule = SyncSchedule(cfg.sync_every, cfg.warmup_steps)
+        self.reducer = reducer or TorchReducer(groups.city)
+        self.grad_dtype = grad_dtype
+        self.clock = self.make_clock(cfg)
         self.codec = make_codec(cfg.codec)
         self.feedback = ErrorFeedback() if cfg.error_feedback else None
         self.rounds = 0
         self.samples_since_round = 0
+        self.gradient_seconds = 0.0  # the last sum_gradients call
+        self._pending_vote: tuple[Any, torch.Tensor, bool] | None = None  # (work, world sum, mine)
+
+    @classmethod
+    def make_clock(cls, cfg: WanConfig) -> RoundClock:
+        return RoundClock(cfg.sync_every, cfg.warmup_steps)
+
+    @classmethod
+    def make_reducer(cls, backend: str, topo: Topology, groups: Groups, device: torch.device) -> LanReducer:
+        """Who sums this algorithm's gradients: the city (`lan.backend`'s reducer)."""
+        return open_reducer(backend, topo, groups, device)
+
+    # ------------------------------------------------------------------ every step
+
+    def sum_gradients(self, words: list[float]) -> list[float]:
+        """Average the step's gradients over the reducer's ranks; `words` (small integer votes) and
+        the sync's own `city_votes` ride along. Returns the summed `words`."""
+        start = time.perf_counter()
+        sums = allreduce_gradients(self.model, self.reducer, self.grad_dtype, [*words, *self.city_votes()])
+        self.take_city_votes(sums[len(words) :])
+        self.gradient_seconds = time.perf_counter() - start
+        return sums[: len(words)]
 
     def after_step(self, step: int, samples: int) -> WanRound | None:
-        """Count the samples; run a round when the schedule says so (the periodic algorithms)."""
+        """Count the samples; run a round when the clock says so (the periodic algorithms)."""
         self.samples_since_round += samples
-        return self._round() if self.schedule.is_round(step) else None
+        return self._round() if self.clock.is_round(step) else None
+
+    def agree_to_stop(self, city_votes: float, mine: bool, step: int) -> tuple[bool, bool]:
+        """(stop now?, is my city the one leaving?): the same answer on every rank at the same step.
+
+        `city_votes` is the city's sum of stop flags from this step's gradient sum. Cities vote at
+        each round boundary with a background all-reduce and act on the result at the next one:
+        the vote never blocks training on a WAN round trip, and a preemption notice (minutes ahead)
+        easily covers one period.
+        """
+        if not self.clock.is_round(step):
+            return False, False
+        if self._pending_vote is not None:
+            work, flag, mine_then = self._pending_vote
+            work.wait()
+            self._pending_vote = None
+            if flag.item() > 0:
+                return True, mine_then
+        flag = torch.tensor([float(city_votes > 0)], device=self._device())
+        work = dist.all_reduce(flag, group=self.groups.world, async_op=True)
+        self._pending_vote = (work, flag, city_votes > 0)
+        return False, False
 
     def finish(self) -> WanRound | None:
-        """Final full round so every city ends with the same parameters."""
+        """End of training: settle a vote still in flight, then the final round so every city ends
+        with the same parameters."""
+        if self._pending_vote is not None:
+            self._pending_vote[0].wait()  # training is over: a late vote changes nothing
+            self._pending_vote = None
+        return self._final_round()
+
+    def _final_round(self) -> WanRound | None:
         return self._round() if self.samples_since_round else None
 
     def city_votes(self) -> list[float]:
@@ -87,8 +129,11 @@ class InterCitySync(ABC):
     def take_city_votes(self, sums: list[float]) -> None:  # noqa: B027 - optional hook
         """The city-wide sums of `city_votes()`, before this step's after_step."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most algorithms hold nothing
-        """Release background resources (streaming's exchange thread); called when the rank stops."""
+    def close(self) -> None:
+        """Release what the sync holds (streaming's exchange thread, the reducer) when the rank stops."""
+        self.reducer.close()
+
+    # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
         feedback = self.feedback.state_dict() if self.feedback else None
@@ -103,7 +148,10 @@ class InterCitySync(ABC):
     @abstractmethod
     def _round(self) -> WanRound: ...
 
-    # ---- helpers shared by the periodic algorithms
+    # ------------------------------------------------------------------ helpers of the periodic algorithms
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def _flat_params(self) -> torch.Tensor:
         return parameters_to_vector(self.model.parameters()).detach().clone()
@@ -142,102 +190,3 @@ class InterCitySync(ABC):
         return WanRound(
             self.rounds, moved.sent, moved.recv, seconds, list(range(self.topo.num_cities)), extra=extra
         )
-
-
-class FlatSync(InterCitySync):
-    """Flat data parallel: gradients cross the WAN every step inside the trainer's world all-reduce."""
-
-    def after_step(self, step: int, samples: int) -> WanRound | None:
-        return None
-
-    def finish(self) -> WanRound | None:
-        return None
-
-    def _round(self) -> WanRound:  # pragma: no cover - flat has no rounds
-        raise NotImplementedError
-
-
-class AverageSync(InterCitySync):
-    """Local SGD: every H steps replace each city's model by the sample-weighted mean of all cities.
-
-    The exchange carries each city's move since the last consensus (params - consensus), not raw
-    parameters: the same mean for codec none, and small, well-scaled values for lossy codecs.
-    """
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.consensus = self._flat_params()  # every city starts from the same initial model
-
-    def _round(self) -> WanRound:
-        start = time.perf_counter()
-        weight = self._city_weight()
-        mean_move, moved = self._mean(self._flat_params() - self.consensus, weight, key="params")
-        self.consensus = self.consensus + mean_move
-        self._set_params(self.consensus.clone())
-        moved = moved + self._sync_optimizer_state(weight)
-        return self._record(moved, time.perf_counter() - start)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "consensus": self.consensus.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.consensus = state["consensus"].to(self.consensus.device)
-
-
-class DiLoCoSync(InterCitySync):
-    """DiLoCo: average the pseudo-gradient (anchor - params) and take an outer Nesterov SGD step."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.anchor = nn.Parameter(self._flat_params(), requires_grad=False)
-        self.outer = torch.optim.SGD(
-            [self.anchor],
-            lr=self.cfg.outer_lr,
-            momentum=self.cfg.outer_momentum,
-            nesterov=self.cfg.nesterov and self.cfg.outer_momentum > 0,
-        )
-
-    def _round(self) -> WanRound:
-        start = time.perf_counter()
-        weight = self._city_weight()
-        pseudo_grad = self.anchor.detach() - self._flat_params()
-        mean, moved = self._mean(pseudo_grad, weight, key="pseudo_grad")
-        self.anchor.grad = mean
-        self.outer.step()
-        self.anchor.grad = None
-        self._set_params(self.anchor.detach().clone())
-        moved = moved + self._sync_optimizer_state(weight)
-        return self._record(moved, time.perf_counter() - start, pseudo_grad_norm=float(mean.norm()))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "anchor": self.anchor.detach().clone(),
-            "outer": self.outer.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        with torch.no_grad():
-            self.anchor.copy_(state["anchor"])
-        self.outer.load_state_dict(state["outer"])
-
-
-def build_sync(
-    cfg: WanConfig, model: nn.Module, optimizer: torch.optim.Optimizer, topo: Topology, groups: Groups
-) -> InterCitySync:
-    """The configured algorithm; streaming and the PyTorch baseline live in their own modules."""
-    if cfg.algorithm == "flat":
-        return FlatSync(cfg, model, optimizer, topo, groups)
-    if cfg.algorithm == "average":
-        return AverageSync(cfg, model, optimizer, topo, groups)
-    if cfg.algorithm == "diloco":
-        return DiLoCoSync(cfg, model, optimizer, topo, groups)
-    if cfg.algorithm == "streaming":
-        from crosscity.train.wan.streaming import StreamingSync
-
-        return StreamingSync(cfg, model, optimizer, topo, groups)
-    from crosscity.train.wan.torch_hierarchical import TorchHierarchicalSync
-
-    return TorchHierarchicalSync(cfg, model, optimizer, topo, groups)

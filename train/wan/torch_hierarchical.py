@@ -24,15 +24,17 @@ from typing import Any
 from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
-from crosscity.train.wan.collectives import WanBytes, ring_allreduce_bytes
+from crosscity.config.schema import WanConfig
+from crosscity.train.wan.clock import PytorchAveragerClock, RoundClock
+from crosscity.train.wan.collectives import world_ring_bytes
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
 
 class TorchHierarchicalSync(InterCitySync):
     """Calls `HierarchicalModelAverager.average_parameters` after every inner step, as PyTorch documents."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         every, world = self.cfg.sync_every, self.topo.world_size
         intra = getattr(self.cfg, "torch_intra_every", 0)  # 0 = no intra-city level
         levels: OrderedDict[int, int] = OrderedDict()
@@ -42,30 +44,26 @@ class TorchHierarchicalSync(InterCitySync):
         self.averager = HierarchicalModelAverager(levels, warmup_steps=self.cfg.warmup_steps)
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
+    @classmethod
+    def make_clock(cls, cfg: WanConfig) -> RoundClock:
+        return PytorchAveragerClock(cfg.sync_every, cfg.warmup_steps)
+
     def after_step(self, step: int, samples: int) -> WanRound | None:
-        counter = self.averager.step  # the averager's own 0-based counter decides, not `step`
-        global_round = counter >= self.averager.warmup_steps and counter % self.cfg.sync_every == 0
+        """The averager keeps its own counter and decides; our clock mirrors it (stop votes, logs)."""
         start = time.perf_counter()
         self.averager.average_parameters(self.model.parameters())
-        return self._record(self._wan_bytes(), time.perf_counter() - start) if global_round else None
+        if not self.clock.is_round(step):
+            return None
+        return self._record(world_ring_bytes(4 * self.n_params, self.topo), time.perf_counter() - start)
 
-    def _wan_bytes(self) -> WanBytes:
-        if self.topo.num_cities == 1:
-            return WanBytes()
-        ring = ring_allreduce_bytes(4 * self.n_params, self.topo.world_size)
-        first, last = self.topo.local_rank == 0, self.topo.local_rank == self.topo.ranks_per_city - 1
-        return WanBytes(sent=ring if first else 0, recv=ring if last else 0)
-
-    def finish(self) -> WanRound | None:
+    def _final_round(self) -> WanRound | None:
         """One more world average so every city ends equal (PyTorch has no final sync of its own)."""
-        last = self.averager.step - 1
-        averaged_last = last >= self.averager.warmup_steps and last % self.cfg.sync_every == 0
-        return None if averaged_last else self._round()
+        return None if self.clock.is_round(self.averager.step) else self._round()
 
     def _round(self) -> WanRound:
         start = time.perf_counter()
         average_parameters(iter(self.model.parameters()), self.groups.world)
-        return self._record(self._wan_bytes(), time.perf_counter() - start)
+        return self._record(world_ring_bytes(4 * self.n_params, self.topo), time.perf_counter() - start)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "averager_step": self.averager.step}
