@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from crosscity.config.schema import WORLD_ALGORITHMS, load_config
+from crosscity.config import load_config
+from crosscity.config.sections import WORLD_ALGORITHMS
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.federation.service import COORDINATOR_FILE, serve
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crosscity.config.schema import ModelConfig
+from crosscity.config import ModelConfig
 
 
 class MLPForecaster(nn.Module):

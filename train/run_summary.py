@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosscity.config.schema import Config, to_dict
+from crosscity.config import Config, to_dict
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
 from crosscity.train.distributed.topology import Topology
 

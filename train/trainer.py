@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from crosscity.config.schema import Config, load_config
+from crosscity.config import Config, load_config
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.core.forecast_scores import pool_metrics
 from crosscity.data_prep.verify import full_check, quick_check

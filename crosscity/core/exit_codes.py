@@ -1,6 +1,7 @@
-"""Exit codes every part of crosscity agrees on (launchers, ranks, sbatch scripts)."""
+"""The exit codes of every crosscity process, in one place (the sbatch templates default to these
+values and generated scripts export them: launch/slurm/plan.py; a test keeps them equal)."""
 
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2  # a config, data or command-line problem, reported in one line before anything runs
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me" (a preempted city, a stopped run)
+EXIT_FAILED = 1  # a rank failed, Slurm refused a job, a dataset failed its check
+EXIT_BAD_INPUT = 2  # a bad config, command line or host: one line on stderr, nothing started
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after the requeue signal, requeue this city

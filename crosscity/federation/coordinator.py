@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crosscity.config.schema import Config
+from crosscity.config import Config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
 from crosscity.federation import protocol as p
 from crosscity.federation.codecs import ErrorFeedback, check_input, make_codec

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 
 
 class OuterOptimizer:

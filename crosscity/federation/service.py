@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from crosscity.config.schema import load_config
+from crosscity.config import load_config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.federation.coordinator import TICK_S, Coordinator
 from crosscity.federation.transport import Server, TlsEndpoint

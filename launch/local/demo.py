@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from crosscity.data_prep import cli as prep_cli
-from crosscity.launch.local.run import run_command
+from crosscity.launch.local.run import preflight, run_command
 
 DEMO_CONFIG = Path(str(resources.files("crosscity.launch.local") / "demo.yaml"))
 
@@ -39,6 +39,8 @@ def format_summary(summary: dict, wall_s: float) -> str:
 def run_demo(out: Path, overrides: list[str]) -> int:
     start = time.perf_counter()
     data_dir = out / "data"
+    overrides = [f"data.dir={data_dir}", f"train.run_dir={out}", *overrides]
+    preflight(DEMO_CONFIG, overrides)  # a bad key or host fails here, before 420k rows are prepared
     if not all((data_dir / c / "manifest.json").is_file() for c in ("north", "east", "west", "centre")):
         print(
             f"[demo] preparing the shipped Beijing data (12 stations -> 4 cities) into {data_dir}", flush=True
@@ -46,7 +48,7 @@ def run_demo(out: Path, overrides: list[str]) -> int:
         code = prep_cli.main(["--preset", "beijing", "--out", str(data_dir)])
         if code != 0:
             return code
-    code = run_command(DEMO_CONFIG, [f"data.dir={data_dir}", f"train.run_dir={out}", *overrides])
+    code = run_command(DEMO_CONFIG, overrides)
     if code != 0:
         return code
     summary = json.loads((out / "summary.json").read_text())

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosscity.config.schema import WORLD_ALGORITHMS, Config
+from crosscity.config import Config
+from crosscity.config.sections import WORLD_ALGORITHMS
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.train.distributed.rendezvous import CITY_STORE_ENV
 from crosscity.train.distributed.topology import Topology

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crosscity.config.schema import Config
+from crosscity.config import Config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.core.forecast_scores import pool_metrics
 from crosscity.train.distributed.topology import Topology

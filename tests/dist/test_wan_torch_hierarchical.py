@@ -15,7 +15,7 @@ import torch
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 from torch.nn.utils import parameters_to_vector
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.wan.collectives import ring_allreduce_bytes

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosscity.config.schema import Config, load_config, save_config
+from crosscity.config import Config, load_config, save_config
 from crosscity.federation import protocol as p
 from crosscity.federation.client import CityAgent, Link, Unreachable
 from crosscity.federation.coordinator import config_fingerprint

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from crosscity.config.schema import WanConfig, load_config
+from crosscity.config import WanConfig, load_config
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import TorchReducer, allreduce_gradients

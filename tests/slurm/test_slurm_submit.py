@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosscity.launch.slurm.submit import write_jobs
+import crosscity as crosscity_api
+from crosscity.launch.slurm.plan import write_jobs
 from tests.helpers.launchers import require_mpiexec
 from tests.helpers.runs import CONFIG, REPO, crosscity, final_params
 from tests.helpers.slurm import (
@@ -21,7 +22,6 @@ from tests.helpers.slurm import (
     requeue_run_overrides,
     require_slurm,
     sbatch,
-    submit_and_wait,
     wait_finished,
 )
 
@@ -120,15 +120,19 @@ def test_city_template_trains_one_city_of_two_tasks(
 
 
 def test_submit_two_cities_of_two_tasks(small_dataset: Path, tmp_path: Path) -> None:
+    """Through the public API; the coordinator job writes the report once the cities finished."""
     require_slurm()
-    run_dir = tmp_path / "run"
     common = [
         f"data.dir={small_dataset}",
         "data.cities=north,east",
         "topology.cities=2",
         "topology.ranks_per_city=2",
     ]
-    jobs = submit_and_wait(run_dir, [*common, "train.steps=8", *SLURM_QUICK])
+    overrides = [*common, "train.steps=8", *SLURM_QUICK, f"train.run_dir={tmp_path / 'run'}"]
+    run_dir, jobs = crosscity_api.submit(CONFIG, overrides)
+    assert run_dir == (tmp_path / "run").resolve() and (run_dir / "config.yaml").is_file()
+    states = wait_finished([e["job"] for e in jobs["entries"]], timeout_s=90)
+    assert {s.state for s in states.values()} == {"COMPLETED"}, states
     assert [e["name"] for e in jobs["entries"]] == ["city0", "city1"]
     ranks = {
         json.loads(line)["global_rank"]
@@ -142,7 +146,10 @@ def test_submit_two_cities_of_two_tasks(small_dataset: Path, tmp_path: Path) -> 
         for line in p.read_text().splitlines()
     }
     assert cities == {0, 1}
-    assert wait_finished([jobs["coordinator"]], timeout_s=30)[jobs["coordinator"]].state == "COMPLETED"
+    assert wait_finished([jobs["coordinator"]], timeout_s=60)[jobs["coordinator"]].state == "COMPLETED"
+    assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "loss.png").is_file()
+    coordinator_log = next((run_dir / "logs" / "slurm").glob("coordinator-*.out")).read_text()
+    assert f"wrote {run_dir / 'report.md'}" in coordinator_log, coordinator_log[-2000:]
 
 
 def test_requeue_signal_requeues_only_that_city_and_resumes_exactly(

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from crosscity.config.schema import ConfigError, MonitorConfig, load_config
+from crosscity.config import ConfigError, MonitorConfig, load_config
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.sinks import PrometheusSink, make_sinks, numeric_fields, tensorboard_sink
 

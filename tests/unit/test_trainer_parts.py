@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from crosscity.config.schema import ModelConfig
+from crosscity.config import ModelConfig
 from crosscity.core.forecast_scores import pool_metrics
 from crosscity.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crosscity.train.data.batches import BatchStream

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.federation import protocol as p
 from crosscity.federation.client import CityAgent, Link, Refused, Unreachable
 from crosscity.federation.codecs import ErrorFeedback, make_codec

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import GRAD_BYTES, LanReducer, TorchReducer

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from crosscity.config.schema import Config
+from crosscity.config import Config
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.wan import federated

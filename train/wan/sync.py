@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import LanReducer, TorchReducer, allreduce_gradients, open_reducer

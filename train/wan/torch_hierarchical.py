@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
-from crosscity.config.schema import ConfigError, WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.wan.clock import PytorchAveragerClock, RoundClock
 from crosscity.train.wan.collectives import world_ring_bytes
 from crosscity.train.wan.sync import InterCitySync, WanRound
@@ -43,10 +43,6 @@ class TorchHierarchicalSync(InterCitySync):
         intra = self.cfg.torch_intra_every  # 0 = no intra-city level
         levels: OrderedDict[int, int] = OrderedDict()
         if intra:
-            if not 0 < intra < every or every % intra:
-                raise ConfigError(
-                    f"wan.torch_intra_every={intra}: must divide wan.sync_every={every} and be smaller"
-                )
             levels[intra] = self.topo.ranks_per_city
         levels[every] = world
         self.averager = HierarchicalModelAverager(levels, warmup_steps=self.cfg.warmup_steps)
