@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from crosscity.config import load_config
+from crosscity.config import ConfigError, load_config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
 from crosscity.launch.report.summary import write_summary
 from crosscity.train.observe.metrics_log import read_records
@@ -595,10 +595,10 @@ def main(argv: list[str]) -> int:
         )
         return 2
     try:
-        if (run_dir / "config.yaml").is_file() and not (run_dir / "summary.json").is_file():
+        if not (run_dir / "summary.json").is_file() and any((run_dir / "final").glob("city*.json")):
             write_summary(run_dir, load_config(run_dir / "config.yaml"))  # on Slurm nobody else pools them
         path, pngs = write_report(run_dir)
-    except ReportError as exc:
+    except (ReportError, ConfigError) as exc:
         print(f"crosscity report: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path} and {len(pngs)} plots in {run_dir / 'plots'}")

@@ -119,7 +119,7 @@ ROWS = [
         ["wan.algorithm=torch_hierarchical", "wan.torch_intra_every=3"],
         "wan.torch_intra_every=3: must divide wan.sync_every=20",
     ),
-    Row("min_cities_within_topology", ["wan.min_cities=5"], "wan.min_cities=5: allowed 0 (a majority) .. "),
+    Row("min_cities_within_topology", ["wan.min_cities=5"], "wan.min_cities=5: allowed 1..topology.cities=4"),
     Row(
         "dead_city_found_before_round_gives_up",
         ["wan.heartbeat_s=6"],
