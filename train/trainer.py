@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from crosscity.config.schema import Config, load_config
+from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.checkpoint import (
     checkpoint_path,
@@ -51,20 +52,6 @@ from crosscity.train.wan.sync import InterCitySync, WanRound, build_sync
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
 RESTART = -1
-
-
-def city_names(cfg: Config) -> list[str]:
-    if cfg.data.cities:
-        return list(cfg.data.cities)
-    root = Path(cfg.data.dir)
-    names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
-    if len(names) < cfg.topology.cities:
-        raise FileNotFoundError(
-            f"data.dir={root}: found {len(names)} prepared cities {names}, "
-            f"topology.cities={cfg.topology.cities}; "
-            "run `crosscity prep` first"
-        )
-    return names[: cfg.topology.cities]
 
 
 def seed_everything(seed: int) -> None:
@@ -123,7 +110,7 @@ class Trainer:
         self.flat = cfg.wan.algorithm == "flat"
         self.lan = open_reducer(cfg.lan.backend, topo, self.groups, self.flat, self.device)
 
-        self.city_name = city_names(cfg)[topo.city]
+        self.city_name = resolve_cities(cfg.data.dir, cfg.data.cities, cfg.topology.cities)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
         if cfg.data.verify == "full" and topo.local_rank == 0:
             full_check(city_dir)  # one rank hashes; the others check sizes and versions

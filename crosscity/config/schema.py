@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from crosscity.core.yaml_load import safe_load_unique
+
 
 class ConfigError(ValueError):
     """A config key or value is not allowed."""
@@ -447,7 +449,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_load_unique(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(data, dict):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from crosscity.config.schema import Config, ConfigError, SlurmConfig, load_config
 from crosscity.core.atomic_io import atomic_write_text
+from crosscity.data_prep.errors import DataPrepError
+from crosscity.data_prep.run_checks import check_run_data
 from crosscity.launch.run_dir import resolve_run
 from crosscity.launch.slurm.status import JOBS_FILE
 
@@ -46,10 +48,11 @@ class SubmitError(RuntimeError):
     """sbatch refused a script; the message carries its stderr."""
 
 
-def exit_code(command: str, exc: ConfigError | SubmitError) -> int:
-    """One line on stderr; exit 2 for bad input (the config), 1 when Slurm refused (submit, sweep)."""
-    if isinstance(exc, ConfigError):
-        print(f"{command}: config error: {exc}", file=sys.stderr)
+def exit_code(command: str, exc: ConfigError | SubmitError | DataPrepError) -> int:
+    """One line on stderr; exit 2 for bad input (the config, or data it cannot use), 1 when Slurm refused."""
+    if isinstance(exc, ConfigError | DataPrepError):
+        kind = "config" if isinstance(exc, ConfigError) else "data"
+        print(f"{command}: {kind} error: {exc}", file=sys.stderr)
         return 2
     print(f"{command}: {exc}", file=sys.stderr)
     return 1
@@ -327,10 +330,11 @@ def main(argv: list[str]) -> int:
     )
     args = p.parse_intermixed_args(argv)
     try:
-        if args.dry_run:
+        if args.dry_run:  # planning only: prints the scripts, needs no data on this machine
             cfg = load_config(args.config, args.overrides)
             print(_dry_run(cfg, Path(cfg.train.run_dir).resolve(), args.via), end="")
             return 0
+        data = check_run_data(load_config(args.config, args.overrides))  # before anything is planned
         if args.via == "submitit":
             from crosscity.launch.slurm.submitit_jobs import submit_run
 
@@ -339,7 +343,8 @@ def main(argv: list[str]) -> int:
         else:
             cfg, run_dir = resolve_run(args.config, args.overrides)
             jobs = submit_plan(plan_run(cfg, run_dir, max_array_size()), cfg.topology.ranks_per_city)
-    except (ConfigError, SubmitError) as exc:
+        data.write(run_dir)  # the dataset version of each city this run trains on
+    except (ConfigError, SubmitError, DataPrepError) as exc:
         return exit_code("crosscity submit", exc)
     coord = f"coordinator job {jobs['coordinator']}, " if jobs["coordinator"] else ""
     print(

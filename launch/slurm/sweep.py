@@ -24,6 +24,8 @@ from pathlib import Path
 
 from crosscity.config.schema import Config, ConfigError, load_config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.data_prep.errors import DataPrepError
+from crosscity.data_prep.run_checks import check_runs_data
 from crosscity.launch.run_dir import resolve_run
 from crosscity.launch.slurm.status import FINISHED, JOBS_FILE, entry_states, load_jobs, tail_lines
 from crosscity.launch.slurm.submit import (
@@ -291,6 +293,9 @@ def main(argv: list[str]) -> int:
             return 2
         if args.dry_run:
             return _dry_run(args, points, sweep_dir)
+        check_runs_data(  # every point's config, then its data settings, before anything is written
+            [load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in p.items())]) for p in points]
+        )
         records = prepare_points(args.config, args.overrides, points, sweep_dir, args.command)
         (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
         atomic_write_text(
@@ -308,7 +313,7 @@ def main(argv: list[str]) -> int:
         cfg = load_config(Path(records[0]["run_dir"]) / "config.yaml")
         jobs = {"kind": "sweep", "arrays": [], "entries": []}
         jobs = _launch(cfg, sweep_dir, [r["name"] for r in records], args, jobs)
-    except (ConfigError, SubmitError) as exc:
+    except (ConfigError, SubmitError, DataPrepError) as exc:
         return exit_code("crosscity sweep", exc)
     if args.local:
         bad = failed_points(jobs)
