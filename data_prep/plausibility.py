@@ -29,6 +29,7 @@ CODES = np.array(
     ),
     dtype=np.float64,
 )
+CODE_SET = frozenset(CODES.tolist())
 ISOLATED_REPEATED = 3.0
 ISOLATED_CODE = 1.0
 
@@ -75,7 +76,8 @@ class FeatureTally:
         keys = sorted(self.ends)
         p1, p50, p99 = (float(p) for p in np.percentile(sample, [1, 50, 99]))
         out.update(min=keys[0], p1=p1, p50=p50, p99=p99, max=keys[-1])
-        out["flags"] = [self._flag(v, keys, sample, where) for v in self._candidates(keys)]
+        plain = sample[~np.isin(sample, CODES)]
+        out["flags"] = [self._flag(v, keys, plain, where) for v in self._candidates(keys)]
         out["flags"] = [f for f in out["flags"] if f is not None]
         return out
 
@@ -84,9 +86,10 @@ class FeatureTally:
         return sorted(set(ends))
 
     def _flag(
-        self, v: float, keys: list[float], sample: np.ndarray, where: Callable[[int], str]
+        self, v: float, keys: list[float], plain: np.ndarray, where: Callable[[int], str]
     ) -> dict[str, Any] | None:
-        rest = sample[(sample != v) & ~np.isin(sample, CODES)]
+        """`plain`: the sample without typical missing codes."""
+        rest = plain[plain != v]
         if rest.size == 0 or len(keys) < 2:
             return None
         p1, p99 = np.percentile(rest, [1, 99])
@@ -111,7 +114,7 @@ class FeatureTally:
 
 
 def _is_code(v: float) -> bool:
-    return bool(np.isin(v, CODES))
+    return v in CODE_SET
 
 
 class Plausibility:

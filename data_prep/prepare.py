@@ -351,11 +351,18 @@ def _already(root: Path, ds: dict[str, Any], prep: dict[str, Any]) -> PrepReport
             f"{root}: already holds a dataset (version {ds['version']}) prepared from other inputs; "
             f"use `crosscity prep append --data {root} INPUT...`"
         )
+    for path in leftovers(root, ds):  # of this same prep, killed after its commit
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     report = PrepReport(inputs=[], dataset_version=ds["version"], changed=False)
     for city in sorted(ds["cities"]):
         m = city_manifest(root, city, ds)
         report.cities[city] = {"version": m["version"], "rows": m["rows"], "gaps": m["gaps"]}
     return report
+
+
+def _debris(path: Path) -> bool:
+    """The lock, or the temp file of a marker a prep was killed writing: not a reason to refuse."""
+    return path.name == LOCK or (path.name.startswith(f".{UNFINISHED}.") and path.name.endswith(".tmp"))
 
 
 def _empty(root: Path) -> None:
@@ -404,7 +411,7 @@ def prepare(
                 print(f"prep: {root}: starting over the unfinished prep found there", file=sys.stderr)
             elif list(root.glob(f"*/{OLD_MANIFEST}")):
                 raise not_a_dataset(root)
-            elif any(c.name != LOCK for c in root.iterdir()):
+            elif any(not _debris(c) for c in root.iterdir()):
                 raise DataPrepError(
                     f"{root}: not empty; prep writes a new dataset into an empty or new folder"
                 )

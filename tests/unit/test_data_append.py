@@ -19,6 +19,7 @@ from crosscity.data_prep.verify import full_check, verify_dataset
 from crosscity.train.data.windows import CityWindows
 from tests.helpers.data import PRESET_SCHEMA, small_cities, small_inputs, station_lines, write_csv
 
+
 @pytest.fixture
 def data(tmp_path):
     prepare(

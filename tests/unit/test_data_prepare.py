@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from crosscity.data_prep.cli import main
-from crosscity.data_prep.datasets import beijing_files
 from crosscity.data_prep.dataset import load_global_stats, load_manifest
+from crosscity.data_prep.datasets import beijing_files
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.prepare import prepare
 from crosscity.data_prep.progress import Progress
