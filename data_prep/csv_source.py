@@ -95,8 +95,10 @@ def _decoded(stream: BinaryIO, path: Path, encoding: str, bad: BadInput) -> Iter
             line = next(lines)
         except StopIteration:
             return
-        except (EOFError, OSError, zlib.error) as exc:
-            raise InputError(f"{path}:{number + 1}: {_stream_problem(exc)} [bad_gzip]") from None
+        except (EOFError, OSError, zlib.error) as exc:  # read ahead in blocks: no exact line
+            raise InputError(
+                f"{path}: {_stream_problem(exc)}, after {number} complete lines [bad_gzip]"
+            ) from None
         number += 1
         try:
             text = line.decode(encoding)

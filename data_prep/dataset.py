@@ -111,8 +111,8 @@ def checked_bytes(root: Path, rel: str, sha256: str, what: str, version: int) ->
         ) from None
     if sha256_bytes(data) != sha256:
         raise DatasetError(
-            f"{path}: sha256 does not match {DATASET} (dataset version {version}): the {what} was changed "
-            "after prep; restore it or prepare the data again into a new folder"
+            f"{path}: sha256 does not match {DATASET} (dataset version {version}): this {what} was "
+            "changed after prep; restore it or prepare the data again into a new folder"
         )
     return data
 
@@ -145,7 +145,9 @@ def load_global_stats(root: Path, ds: dict[str, Any] | None = None) -> dict[str,
     """global_stats.v<N>.json of the committed version, hash-checked and matching every city version."""
     ds = ds or read_dataset(root)
     entry = ds["global_stats"]
-    data = json.loads(checked_bytes(root, entry["file"], entry["sha256"], "global statistics", ds["version"]))
+    data = json.loads(
+        checked_bytes(root, entry["file"], entry["sha256"], "global statistics file", ds["version"])
+    )
     versions = {c: e["version"] for c, e in ds["cities"].items()}
     if (
         not isinstance(data, dict)

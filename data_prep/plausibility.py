@@ -32,6 +32,7 @@ CODES = np.array(
 CODE_SET = frozenset(CODES.tolist())
 ISOLATED_REPEATED = 3.0
 ISOLATED_CODE = 1.0
+MIN_DISTINCT = 5
 
 
 class FeatureTally:
@@ -102,7 +103,9 @@ class FeatureTally:
         isolation = abs(v - nearest) / spread if spread > 0 else math.inf
         count, src = self.ends[v]
         code = _is_code(v)
-        if not ((code and isolation >= ISOLATED_CODE) or (count >= 2 and isolation >= ISOLATED_REPEATED)):
+        # a repeated value stands out only against a many-valued rest (never in a 0/1 or one-hot column)
+        repeated = count >= 2 and len(keys) - 1 >= MIN_DISTINCT and isolation >= ISOLATED_REPEATED
+        if not (repeated or (code and isolation >= ISOLATED_CODE)):
             return None
         why = "a typical missing-value code" if code else f"one value repeated {count} times"
         return {

@@ -279,7 +279,10 @@ def _time_spec(path: Path, value: Any) -> TimeSpec:
     lo = _instant(path, "time.min", window.get("min", TIME_MIN_DEFAULT))
     hi = _instant(path, "time.max", window.get("max", next_year))
     if lo >= hi:
-        raise SchemaError.at(path, "time.max", window.get("max", next_year), f"a time after time.min ({lo})")
+        first = datetime.fromtimestamp(lo, UTC).strftime("%Y-%m-%d %H:%M")
+        raise SchemaError.at(
+            path, "time.max", str(window.get("max", next_year)), f"a time after time.min ({first})"
+        )
     if set(columns) == {"year", "month", "day", "hour"}:
         return TimeSpec(lo, hi, **columns)
     if set(columns) == {"column", "format"}:
@@ -442,8 +445,8 @@ def load_cities(path: str | Path) -> Cities:
     seen: dict[str, str] = {}
     for city, entry in raw["cities"].items():
         _safe(path, "cities", city, "city")
-        allowed = "{" + ", ".join(f"{k}: {v}" for k, v in CITY_KEYS.items()) + "}"
         if not isinstance(entry, dict) or set(entry) - set(CITY_KEYS) or "stations" not in entry:
+            allowed = f"a mapping with stations and optionally {', '.join(list(CITY_KEYS)[1:])}"
             raise SchemaError.at(path, f"cities.{city}", entry, allowed)
         names = _str_list(path, f"cities.{city}.stations", entry["stations"])
         for s in names:

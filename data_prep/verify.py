@@ -68,7 +68,8 @@ def check_city(root: Path, city: str, ds: dict[str, Any], level: str) -> dict[st
         size = path.stat().st_size
         if size != s["bytes"]:
             raise DatasetError(
-                f"{path}: size {size} bytes, manifest version {m['version']} says {s['bytes']}"
+                f"{path}: size {size} bytes, manifest version {m['version']} says {s['bytes']} (a changed "
+                "shard); restore it or prepare the data again into a new folder"
             )
         if level == "structure":
             continue

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError
+from yaml.error import Mark
 from yaml.nodes import MappingNode
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -19,15 +20,13 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 class DuplicateKeyError(ConstructorError):
     """A mapping names one key twice; str() is one line: `line L, column C: duplicate key ...`."""
 
-    def __init__(self, key: Any, line: int, column: int, first_line: int) -> None:
-        super().__init__(problem=f"duplicate key {key!r}")
-        self.key, self.line, self.column, self.first_line = key, line, column, first_line
+    def __init__(self, key: Any, mark: Mark, first_line: int) -> None:
+        problem = f"duplicate key {key!r} (first at line {first_line}); each key may appear once per mapping"
+        super().__init__(problem=problem, problem_mark=mark)
+        self.key, self.first_line = key, first_line
 
     def __str__(self) -> str:
-        return (
-            f"line {self.line}, column {self.column}: duplicate key {self.key!r} "
-            f"(first at line {self.first_line}); each key may appear once per mapping"
-        )
+        return f"line {self.problem_mark.line + 1}, column {self.problem_mark.column + 1}: {self.problem}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -43,7 +42,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class reports it
                 break
             if first is not None:
-                raise DuplicateKeyError(key, line, key_node.start_mark.column + 1, first)
+                raise DuplicateKeyError(key, key_node.start_mark, first)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
