@@ -81,6 +81,9 @@ class PrepReport:
         return json.dumps({**asdict(self), "rows_per_s": self.rows_per_s}, indent=1) + "\n"
 
     def summary(self) -> str:
+        if not self.inputs:
+            cities = ", ".join(f"{c} v{d['version']}" for c, d in self.cities.items())
+            return f"already prepared: dataset version {self.dataset_version} ({cities}); nothing to do"
         skipped = ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v) or "none"
         cities = ", ".join(f"{c} v{d['version']} ({d['rows']} rows)" for c, d in self.cities.items())
         version = f"dataset version {self.dataset_version}" + ("" if self.changed else " (unchanged)")
