@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -210,7 +210,8 @@ class CsvSource:
             reader = csv.reader(
                 _decoded(stream, self.path, self.schema.encoding, self.bad), delimiter=self.schema.delimiter
             )
-            header = self._next(reader)
+            rows_in = self._rows(reader)
+            header = next(rows_in, None)
             if not header or not any(h.strip() for h in header):
                 self.bad.report(self.path, 1, "empty_file", "file is empty (no header line)")
                 return
@@ -218,7 +219,7 @@ class CsvSource:
             rows: list[list[str]] = []
             lines: list[int] = []
             data_rows = 0
-            while (row := self._next(reader)) is not None:
+            for row in rows_in:
                 if not row:
                     continue
                 data_rows += 1
@@ -242,19 +243,16 @@ class CsvSource:
                     self.path, reader.line_num + 1, "empty_file", "file has a header but no data rows"
                 )
 
-    def _next(self, reader: Iterator[list[str]]) -> list[str] | None:
-        """The next CSV row; a row the csv module cannot split (a field over its limit) is bad_csv."""
+    def _rows(self, reader: Any) -> Iterator[list[str]]:
+        """The CSV rows; a row the csv module cannot split (a field over its limit) is bad_csv."""
         while True:
             try:
-                return next(reader)
-            except StopIteration:
-                return None
+                yield from reader
+                return
             except csv.Error as exc:
-                line = reader.line_num  # type: ignore[attr-defined]
                 limit = csv.field_size_limit()
                 why = f"a field longer than {limit} characters" if "field limit" in str(exc) else str(exc)
-                self.bad.report(self.path, line, "bad_csv", f"not a CSV row: {why}")
-                return []
+                self.bad.report(self.path, reader.line_num, "bad_csv", f"not a CSV row: {why}")
 
     def _columns(self, header: list[str]) -> dict[str, int]:
         dupes = sorted({h for h in header if header.count(h) > 1})

@@ -59,6 +59,10 @@ class FeatureTally:
         while self.sampled > SAMPLE_CAP:  # keep every other sampled value: still every stride-th one
             merged = np.concatenate(self.sample)[::2]
             self.sample, self.sampled, self.stride = [merged], merged.size, self.stride * 2
+        keys = sorted(self.ends)
+        if len(keys) >= 2 * EXTREMES:  # only values at or beyond the kept ends can change them
+            at_ends = (values <= keys[EXTREMES - 1]) | (values >= keys[-EXTREMES])
+            values, src = values[at_ends], src[at_ends]
         unique, first, counts = np.unique(values, return_index=True, return_counts=True)
         pick = np.r_[0 : min(EXTREMES, unique.size), max(unique.size - EXTREMES, 0) : unique.size]
         for k in np.unique(pick):

@@ -95,6 +95,7 @@ def test_preempted_city_resumes_the_same_trajectory(
     """SIGUSR2 to one city: it checkpoints and is restarted alone; the result equals an uninterrupted run."""
     common = [
         f"data.dir={small_dataset}",
+        "data.cities=centre,east",
         "topology.cities=2",
         f"wan.algorithm={algorithm}",
         "wan.sync_every=4",
