@@ -13,6 +13,7 @@ from typing import Any
 
 from crosscity.core.yaml_load import safe_load_unique
 from crosscity.data_prep.dataset import DATASET
+from tests.helpers.data import flip_byte
 
 CORPUS = Path(__file__).parents[1] / "corpus"
 CASES: list[dict[str, Any]] = safe_load_unique((CORPUS / "cases.yaml").read_text())
@@ -64,10 +65,7 @@ def apply_edit(root: Path, edit: dict[str, Any]) -> None:
     `rehash` then updates dataset.json's sha256 of the edited city manifest (to reach the structure
     checks behind the hash)."""
     if "flip_byte" in edit:
-        path = root / edit["flip_byte"]
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
+        flip_byte(root / edit["flip_byte"])
     if "delete" in edit:
         (root / edit["delete"]).unlink()
     if "append_bytes" in edit:

@@ -13,23 +13,16 @@ from crosscity.data_prep.cli import main
 from crosscity.data_prep.dataset import load_global_stats, load_manifest
 from crosscity.data_prep.errors import ConflictError, DataPrepError
 from crosscity.data_prep.manifest import global_stats
-from crosscity.data_prep.prepare import append, prepare
+from crosscity.data_prep.prepare import append
 from crosscity.data_prep.shards import read_shard
 from crosscity.data_prep.verify import full_check, verify_dataset
 from crosscity.train.data.windows import CityWindows
-from tests.helpers.data import PRESET_SCHEMA, small_cities, small_inputs, station_lines, write_csv
+from tests.helpers.data import prepare_small, small_inputs, station_lines, write_csv
 
 
 @pytest.fixture
 def data(tmp_path):
-    prepare(
-        PRESET_SCHEMA,
-        small_cities(tmp_path),
-        tmp_path / "data",
-        small_inputs(tmp_path, rows=1000),
-        progress=False,
-    )
-    return tmp_path / "data"
+    return prepare_small(tmp_path, "data", rows=1000)
 
 
 def rows_and_versions(root: Path) -> dict[str, tuple[int, int]]:

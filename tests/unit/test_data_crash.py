@@ -16,7 +16,7 @@ from crosscity.data_prep.dataset import DATASET, load_manifest, read_dataset
 from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.prepare import append, prepare
 from crosscity.data_prep.verify import verify_dataset
-from tests.helpers.data import PRESET_SCHEMA, small_cities, small_inputs
+from tests.helpers.data import PRESET_SCHEMA, prepare_small, small_cities, small_inputs
 
 MUTATIONS = ("replace", "unlink", "rmdir", "mkdir", "fsync")  # every way prep changes the file system
 CITIES = ("north", "centre")
@@ -121,14 +121,7 @@ def test_sigkill_during_a_first_prep(tmp_path: Path) -> None:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    prepare(
-        PRESET_SCHEMA,
-        small_cities(tmp_path),
-        tmp_path / "v1",
-        small_inputs(tmp_path, rows=60),
-        progress=False,
-    )
-    return tmp_path / "v1"
+    return prepare_small(tmp_path, "v1", rows=60)
 
 
 def test_sigkill_during_an_append(dataset: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.prepare import prepare
 from crosscity.data_prep.progress import Progress
 from crosscity.data_prep.verify import full_check, quick_check
-from tests.helpers.data import PRESET_SCHEMA, small_cities, small_inputs, station_lines
+from tests.helpers.data import PRESET_SCHEMA, flip_byte, small_cities, small_inputs, station_lines
 
 FEATURES = [
     "PM2.5",
@@ -85,9 +85,7 @@ def test_verify_detects_a_flipped_byte_and_names_the_shard(small, capsys):
     root, _ = small
     assert main(["verify", str(root), "--full"]) == 0
     shard = root / "north" / "Dingling_2013.v1.h5"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    flip_byte(shard)
     for check in (quick_check, full_check):  # same size: the hash sees it, at either level
         with pytest.raises(DatasetError, match="Dingling_2013.v1.h5: sha256"):
             check(root / "north")

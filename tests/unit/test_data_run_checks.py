@@ -13,7 +13,7 @@ from crosscity.config.schema import load_config
 from crosscity.data_prep.errors import DataPrepError, RunDataError
 from crosscity.data_prep.prepare import append
 from crosscity.data_prep.run_checks import check_run_data, check_runs_data, read_run_data, resolve_cities
-from tests.helpers.data import small_inputs
+from tests.helpers.data import flip_byte, small_inputs
 
 
 def config(data: Path, *overrides: str):
@@ -52,9 +52,7 @@ def test_a_corrupt_shard_is_found_with_verify_quick_but_not_in_an_unused_city(
     root = tmp_path / "data"
     shutil.copytree(small_dataset, root)
     shard = sorted((root / "west").glob("*.h5"))[0]
-    raw = bytearray(shard.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    shard.write_bytes(bytes(raw))
+    flip_byte(shard)
     with pytest.raises(DataPrepError, match=f"{shard.name}: sha256"):
         check_run_data(config(root, "data.verify=quick"))
     check_run_data(config(root, "data.verify=quick", "topology.cities=2", "data.cities=north,east"))
