@@ -27,6 +27,7 @@ from crosscity.data_prep.csv_source import BAD_CLASSES, BadInput, CsvSource
 from crosscity.data_prep.dataset import (
     CITIES_COPY,
     DATASET,
+    DATASET_FORMAT,
     LOCK,
     OLD_MANIFEST,
     REPORT,
@@ -247,7 +248,7 @@ def _commit(
         manifests.append(p.manifest)
     history = ds["history"] if ds else []
     new = {
-        "format": "crosscity-dataset",
+        "format": DATASET_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "version": version,
         "cities": entries,

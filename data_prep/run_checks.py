@@ -44,11 +44,6 @@ class RunData:
         atomic_write_text(Path(run_dir) / RUN_RECORD, json.dumps(asdict(self), indent=1) + "\n")
 
 
-def read_run_data(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / RUN_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def resolve_cities(data_dir: str | Path, cities: list[str], n_cities: int) -> list[str]:
     """The city folders a run trains, in topology order: `data.cities`, else every prepared city.
 

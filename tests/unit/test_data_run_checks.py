@@ -4,6 +4,7 @@ statistics; and the record of which dataset version each city trained on."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from crosscity.config.schema import load_config
 from crosscity.data_prep.errors import DataPrepError, RunDataError
 from crosscity.data_prep.prepare import append
-from crosscity.data_prep.run_checks import check_run_data, check_runs_data, read_run_data, resolve_cities
+from crosscity.data_prep.run_checks import RUN_RECORD, check_run_data, check_runs_data, resolve_cities
 from tests.helpers.data import flip_byte, small_inputs
 
 
@@ -43,7 +44,7 @@ def test_the_checks_pass_and_record_the_versions(small_dataset: Path, tmp_path: 
     assert data.dataset_version == 1 and data.cities == {c: 1 for c in ("centre", "east", "north", "west")}
     assert data.line().endswith("dataset version 1 (centre v1, east v1, north v1, west v1)")
     data.write(tmp_path)
-    assert read_run_data(tmp_path)["cities"] == data.cities and read_run_data(tmp_path / "none") is None
+    assert json.loads((tmp_path / RUN_RECORD).read_text())["cities"] == data.cities
 
 
 def test_a_corrupt_shard_is_found_with_verify_quick_but_not_in_an_unused_city(
