@@ -41,6 +41,7 @@ from crosscity.data_prep.dataset import (
     not_a_dataset,
     read_dataset,
     stats_entry,
+    stats_name,
 )
 from crosscity.data_prep.errors import DataPrepError, InputError
 from crosscity.data_prep.manifest import finish_manifest, new_manifest, write_manifest
@@ -232,10 +233,11 @@ def _file_entry(root: Path, name: str) -> dict[str, str]:
     return {"file": name, "sha256": sha256_file(root / name)}
 
 
-def _commit(
+def _next_version(
     root: Path, pendings: list[_Pending], ds: dict[str, Any] | None, report: PrepReport, prep: dict | None
 ) -> dict[str, Any]:
-    """Write each changed city's next manifest and the new global statistics, then dataset.json."""
+    """Write each changed city's next manifest and the new global statistics (new names: nothing
+    current changes); returns the dataset manifest that commits them."""
     version = (ds["version"] if ds else 0) + 1
     entries, manifests = {}, []
     for p in pendings:
@@ -243,11 +245,12 @@ def _commit(
         if p.changed:
             finish_manifest(p.manifest, report.inputs, {"rows_added": c.added, "rows_replaced": c.replaced})
             entries[p.manifest["city"]] = write_manifest(p.city_dir, p.manifest)
+            p.written.append(entries[p.manifest["city"]]["manifest"])
         else:
             entries[p.manifest["city"]] = ds["cities"][p.manifest["city"]]  # type: ignore[index]
         manifests.append(p.manifest)
     history = ds["history"] if ds else []
-    new = {
+    return {
         "format": DATASET_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "version": version,
@@ -268,8 +271,6 @@ def _commit(
             },
         ],
     }
-    commit(root, new)  # the commit point of the whole dataset version
-    return new
 
 
 def _ingest(
@@ -290,6 +291,7 @@ def _ingest(
     plausible = Plausibility()
     staging = Staging(root / STAGING, {c: len(cities.features(schema, c)) for c in cities.specs})
     pendings: list[_Pending] = []
+    new: dict[str, Any] | None = None
     try:
         _stage_inputs(staging, schema, cities, inputs, bad, report, plausible, progress)
         report.skipped = {k: bad.skipped[k] for k in BAD_CLASSES}
@@ -301,26 +303,25 @@ def _ingest(
             )
         for city in cities.specs:
             pendings.append(_merge_city(root, city, schema, cities, staging, policies[1], inputs, ds))
+        _count(report, pendings)
+        empty = [p.manifest["city"] for p in pendings if not p.changed]
+        if ds is None and empty:
+            stations = ", ".join(cities.stations[empty[0]])
+            raise InputError(
+                f"{cities.path}: city {empty[0]!r} got no rows from the inputs (stations {stations}); "
+                "check the station names in the cities file and the input files"
+            )
+        if report.changed:
+            new = _next_version(root, pendings, ds, report, prep)
     except BaseException:
         _discard(pendings)
+        (root / stats_name((ds["version"] if ds else 0) + 1)).unlink(missing_ok=True)
         raise
     finally:
         staging.remove()
-    for p in pendings:
-        report.rows_added += p.counts.added
-        report.rows_replaced += p.counts.replaced
-        report.rows_unchanged += p.counts.unchanged
-        report.input_duplicates += p.counts.input_duplicates
-    empty = [p.manifest["city"] for p in pendings if not p.changed]
-    if ds is None and empty:
-        stations = ", ".join(cities.stations[empty[0]])
-        raise InputError(
-            f"{cities.path}: city {empty[0]!r} got no rows from the inputs (stations {stations}); "
-            "check the station names in the cities file and the input files"
-        )
-    report.changed = any(p.changed for p in pendings)
-    if report.changed:
-        ds = _commit(root, pendings, ds, report, prep)
+    if new is not None:
+        commit(root, new)  # the commit point of the whole dataset version
+        ds = new
         for p in pendings:
             for name in p.superseded:
                 (p.city_dir / name).unlink(missing_ok=True)
@@ -334,6 +335,15 @@ def _ingest(
     report.seconds = time.monotonic() - start
     atomic_write_text(root / REPORT, report.to_json())
     return report
+
+
+def _count(report: PrepReport, pendings: list[_Pending]) -> None:
+    for p in pendings:
+        report.rows_added += p.counts.added
+        report.rows_replaced += p.counts.replaced
+        report.rows_unchanged += p.counts.unchanged
+        report.input_duplicates += p.counts.input_duplicates
+    report.changed = any(p.changed for p in pendings)
 
 
 def _policies(schema: Schema, on_bad_input: str | None, on_conflict: str | None) -> tuple[str, str]:
