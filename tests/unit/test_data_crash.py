@@ -97,7 +97,7 @@ def test_sigkill_during_a_first_prep(tmp_path: Path) -> None:
 
     status, seen = in_child(prep(tmp_path / "whole"), None)
     assert status == 0 and rows(tmp_path / "whole") == expected
-    points = kill_points(seen, extra=4)
+    points = kill_points(seen, extra=3)
     assert len(points) >= 10
     outcomes = set()
     for k in points:
@@ -115,7 +115,7 @@ def test_sigkill_during_a_first_prep(tmp_path: Path) -> None:
             outcomes.add("complete")
         report = prepare(PRESET_SCHEMA, cities, out, inputs, progress=False)  # the same command again
         assert report.dataset_version == 1 and rows(out) == expected, k
-        assert verify_dataset(out, "full").leftovers == [], k
+        assert verify_dataset(out, "structure").leftovers == [], k
     assert outcomes == {"unfinished", "complete"}
 
 
@@ -134,7 +134,7 @@ def test_sigkill_during_an_append(dataset: Path, tmp_path: Path) -> None:
     assert status == 0 and rows(whole) == grown
     between = [i + 1 for i, s in enumerate(seen) if s == "replace manifest.v2.json"]
     assert len(between) == 2  # north's and centre's next manifests: a kill between them must not mix
-    points = kill_points(seen, extra=4)
+    points = kill_points(seen, extra=3)
     assert len(points) >= 10 and between[1] in points  # killed after north's manifest, before centre's
     versions = set()
     for k in points:
@@ -148,5 +148,5 @@ def test_sigkill_during_an_append(dataset: Path, tmp_path: Path) -> None:
         versions.add(verified.version)
         report = append(root, new, progress=False)  # the same command again completes it
         assert read_dataset(root)["version"] == 2 and rows(root) == grown, k
-        assert report.rows_added in (0, 120) and verify_dataset(root, "full").leftovers == [], k
+        assert report.rows_added in (0, 120) and verify_dataset(root, "structure").leftovers == [], k
     assert versions == {1, 2}

@@ -79,3 +79,29 @@ def test_the_versions_change_with_an_append_and_a_sweep_checks_each_data_setting
     check_runs_data([config(root, f"optim.lr={lr}") for lr in (1e-3, 3e-3)])
     with pytest.raises(RunDataError, match="data.target='TEMP': not a target of city centre"):
         check_runs_data([config(root), config(root, "data.target=TEMP")])
+
+
+def test_submit_and_sweep_check_the_data_before_anything_is_written(
+    small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crosscity.launch.slurm import submit, sweep
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "beijing_mlp.yaml"
+    run_dir = tmp_path / "run"
+    assert (
+        submit.main(
+            [str(config), f"data.dir={small_dataset}", "topology.cities=2", f"train.run_dir={run_dir}"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("crosscity submit: data error: topology.cities=2 but")
+    assert not run_dir.exists()  # nothing planned, nothing submitted
+    grid = ["--grid", "data.past_hours=24,500", "--out", str(tmp_path / "sweep"), "--local"]
+    assert sweep.main([str(config), f"data.dir={small_dataset}", *grid]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "data.past_hours=500 + data.horizon_hours=24 = 524 h: no validation window" in err[0]
+    )
+    assert not (tmp_path / "sweep").exists()
