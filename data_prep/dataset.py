@@ -160,12 +160,6 @@ def load_global_stats(root: Path, ds: dict[str, Any] | None = None) -> dict[str,
     return data
 
 
-def city_dirs(root: str | Path) -> list[Path]:
-    """The cities of the committed version (sorted by name)."""
-    root = Path(root)
-    return [root / c for c in sorted(read_dataset(root)["cities"])]
-
-
 def write_json_file(path: Path, data: Any) -> dict[str, str]:
     """Write a new JSON file atomically; returns its {file, sha256} entry."""
     raw = (json.dumps(data, indent=1) + "\n").encode()
