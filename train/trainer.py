@@ -27,6 +27,7 @@ import torch.distributed as dist
 from crosscity.config import Config, load_config
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.core.forecast_scores import pool_metrics
+from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.checkpoint import (
     checkpoint_path,
@@ -65,20 +66,6 @@ from crosscity.train.wan.registry import SYNCS, build_sync
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
 RESTART = -1  # a world-spanning baseline's rank starts the next generation
-
-
-def city_names(cfg: Config) -> list[str]:
-    if cfg.data.cities:
-        return list(cfg.data.cities)
-    root = Path(cfg.data.dir)
-    names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
-    if len(names) < cfg.topology.cities:
-        raise FileNotFoundError(
-            f"data.dir={root}: found {len(names)} prepared cities {names}, "
-            f"topology.cities={cfg.topology.cities}; "
-            "run `crosscity prep` first"
-        )
-    return names[: cfg.topology.cities]
 
 
 def seed_everything(seed: int) -> None:
@@ -141,7 +128,7 @@ class Trainer:
         self.groups, self.device, self.world_store = groups, device, world_store
         seed_everything(cfg.train.seed)  # same init on every rank of every city
 
-        self.city_name = city_names(cfg)[topo.city]
+        self.city_name = resolve_cities(cfg.data.dir, cfg.data.cities, cfg.topology.cities)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
         if cfg.data.verify == "full" and topo.local_rank == 0:
             full_check(city_dir)  # one rank hashes; the others check sizes and versions

@@ -198,6 +198,7 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[Job], cpu: CityCp
     common = [
         f"data.dir={args.data.resolve()}",
         f"topology.cities={args.cities}",
+        f"data.cities={','.join(sorted(DATA_CITIES)[: args.cities])}",  # never a silent subset
         f"topology.ranks_per_city={args.ranks_per_city}",
         *args.overrides,
     ]

@@ -18,6 +18,7 @@ from crosscity.config import rules
 from crosscity.config.errors import ConfigError
 from crosscity.config.sections import PER_CITY_FIELDS, Config, SlurmConfig, field_types
 from crosscity.core.atomic_io import atomic_write_text
+from crosscity.core.yaml_load import safe_load_unique
 
 
 def _allowed(tp: Any) -> str:
@@ -146,7 +147,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_load_unique(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(data, dict):

@@ -4,12 +4,14 @@ have sent. Written by the process that started the run (torch-free: login nodes,
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from crosscity.config import Config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.core.forecast_scores import pool_metrics
+from crosscity.data_prep.run_checks import RUN_RECORD, RunData
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.metrics_log import read_records
 from crosscity.train.wan.collectives import world_ring_bytes
@@ -22,8 +24,11 @@ def city_results(run_dir: Path) -> list[dict[str, Any]]:
     )
 
 
-def write_summary(run_dir: Path, cfg: Config, wall_s: float | None = None) -> dict[str, Any] | None:
-    """None while no city has finished."""
+def write_summary(
+    run_dir: Path, cfg: Config, wall_s: float | None = None, dataset: RunData | None = None
+) -> dict[str, Any] | None:
+    """`wall_s`: the whole command's (else the longest city's training); `dataset`: what the run
+    trained on (else RUN_DIR/dataset.json's, if the launcher wrote one). None while no city finished."""
     results = city_results(run_dir)
     if not results:
         return None
@@ -51,10 +56,16 @@ def write_summary(run_dir: Path, cfg: Config, wall_s: float | None = None) -> di
         "flat_dp_wan_bytes": flat if topo.cities > 1 else 0,
         "wan_reduction": flat / sent if sent and topo.cities > 1 else None,
         "wan_rounds": len({(r.get("fragment"), r.get("coordinator_round", r["round"])) for r in wan}),
+        "train_wall_s": max(r["train_wall_s"] for r in results),
         "wall_s": wall_s if wall_s is not None else max(r["train_wall_s"] for r in results),
         "steps": cfg.train.steps,
         "algorithm": cfg.wan.algorithm,
         "codec": cfg.wan.codec,
     }
+    record = Path(run_dir) / RUN_RECORD
+    if dataset is not None:
+        summary["dataset"] = asdict(dataset)
+    elif record.is_file():
+        summary["dataset"] = json.loads(record.read_text())
     atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -21,6 +21,7 @@ from pathlib import Path
 from crosscity.config import Config, SlurmConfig
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.core.exit_codes import EXIT_REQUEUE
+from crosscity.data_prep.run_checks import check_run_data
 from crosscity.launch.preflight import LoginNode, check_host
 from crosscity.launch.run_dir import load_run, write_run
 from crosscity.launch.slurm.status import JOBS_FILE
@@ -214,8 +215,11 @@ def record_array(
 
 
 def resolve_submission(config: str | Path, overrides: Sequence[str]) -> tuple[Config, Path]:
-    """Every check a login node can make (the config with its Slurm rules, Horovod installed), then the
-    run folder and its config.yaml: nothing is written for a refused run."""
+    """Every check a login node can make (the config with its Slurm rules, Horovod installed, the data),
+    then the run folder and its config.yaml: nothing is written for a refused run."""
     cfg = load_run(config, overrides, slurm=True)
     check_host(cfg, LoginNode())
-    return cfg, write_run(cfg)
+    data = check_run_data(cfg)  # the cities, the dataset version, shards, target, windows: DataPrepError
+    run_dir = write_run(cfg)
+    data.write(run_dir)  # the dataset version of each city this run trains on
+    return cfg, run_dir

@@ -24,6 +24,7 @@ from typing import Literal
 from crosscity.config import Config, ConfigError
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.core.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED
+from crosscity.data_prep.errors import DataPrepError
 from crosscity.launch.preflight import HostError, LoginNode, check_host
 from crosscity.launch.run_dir import load_run
 from crosscity.launch.slurm.plan import (
@@ -42,10 +43,11 @@ from crosscity.launch.slurm.plan import (
 from crosscity.launch.slurm.submitit_jobs import describe_run, submit_run
 
 
-def exit_code(command: str, exc: ConfigError | HostError | SubmitError) -> int:
-    """One line on stderr; exit 2 for bad input (the config, the host), 1 when Slurm refused."""
-    if isinstance(exc, ConfigError):
-        print(f"{command}: config error: {exc}", file=sys.stderr)
+def exit_code(command: str, exc: ConfigError | HostError | SubmitError | DataPrepError) -> int:
+    """One line on stderr; exit 2 for bad input (the config, the host, the data), 1 when Slurm refused."""
+    if isinstance(exc, ConfigError | DataPrepError):
+        kind = "config" if isinstance(exc, ConfigError) else "data"
+        print(f"{command}: {kind} error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{command}: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT if isinstance(exc, HostError) else EXIT_FAILED
@@ -182,7 +184,7 @@ def main(argv: list[str]) -> int:
             print(_dry_run(cfg, Path(cfg.train.run_dir).resolve(), args.via), end="")
             return 0
         run_dir, jobs = submit(args.config, args.overrides, via=args.via)
-    except (ConfigError, HostError, SubmitError) as exc:
+    except (ConfigError, HostError, SubmitError, DataPrepError) as exc:
         return exit_code("crosscity submit", exc)
     coord = f"coordinator job {jobs['coordinator']}, " if jobs["coordinator"] else ""
     print(

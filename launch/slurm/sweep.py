@@ -24,6 +24,8 @@ from pathlib import Path
 
 from crosscity.config import Config, ConfigError, load_config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.data_prep.errors import DataPrepError
+from crosscity.data_prep.run_checks import check_runs_data
 from crosscity.launch.preflight import HostError, LoginNode, check_host
 from crosscity.launch.run_dir import load_run, write_run
 from crosscity.launch.slurm.plan import (
@@ -305,6 +307,7 @@ def main(argv: list[str]) -> int:
         configs = load_points(args.config, args.overrides, points, slurm=not args.local)
         if args.dry_run:
             return _dry_run(args, configs[0], points, sweep_dir)
+        check_runs_data(configs)  # every point's data settings, before anything is written
         records = prepare_points(configs, points, sweep_dir, args.command)
         (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
         atomic_write_text(
@@ -321,7 +324,7 @@ def main(argv: list[str]) -> int:
         )
         jobs = {"kind": "sweep", "arrays": [], "entries": []}
         jobs = _launch(configs[0], sweep_dir, [r["name"] for r in records], args, jobs)
-    except (ConfigError, HostError, SubmitError) as exc:
+    except (ConfigError, HostError, SubmitError, DataPrepError) as exc:
         return exit_code("crosscity sweep", exc)
     if args.local:
         bad = failed_points(jobs)

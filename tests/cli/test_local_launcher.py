@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.data import flip_byte
 from tests.helpers.runs import (
     CONFIG,
     QUICK,
@@ -97,6 +98,7 @@ def test_a_stopped_run_resumes_on_the_same_trajectory(
     the same command again resumes, and the result equals an uninterrupted run bit for bit."""
     common = [
         f"data.dir={small_dataset}",
+        "data.cities=centre,east",
         "topology.cities=2",
         f"wan.algorithm={algorithm}",
         "wan.sync_every=4",
@@ -131,9 +133,7 @@ def test_run_refuses_a_corrupted_dataset(small_dataset: Path, tmp_path: Path) ->
     data = tmp_path / "data"
     shutil.copytree(small_dataset, data)
     shard = sorted((data / "west").glob("*.h5"))[0]
-    raw = bytearray(shard.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    shard.write_bytes(bytes(raw))
+    flip_byte(shard)
     r = crosscity("run", str(CONFIG), f"data.dir={data}", f"train.run_dir={tmp_path / 'run'}")
     assert r.returncode == 2, r.stderr
     assert shard.name in r.stderr and "Traceback" not in r.stderr

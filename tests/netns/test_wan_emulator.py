@@ -83,6 +83,7 @@ def test_ci_bench_hierarchical_moves_sync_every_times_codec_ratio_fewer_bytes_th
     sync_every, codec, steps = 10, "int8", 30
     overrides = [
         f"data.dir={small_dataset}",
+        "data.cities=centre,east",
         "topology.cities=2",
         "topology.ranks_per_city=1",
         f"train.steps={steps}",
