@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from crosscity.config import Config
     from crosscity.data_prep.prepare import PrepReport
+    from crosscity.data_prep.verify import Verified
 
 __all__ = [
     "load_config",
@@ -111,9 +112,9 @@ def append_dataset(
     return append(data_dir, [Path(p) for p in inputs], progress=progress)
 
 
-def verify_dataset(path: str | Path, *, full: bool = True) -> list[Path]:
-    """`crosscity prep verify`: check a dataset root or one city (`full`: sha256 of every shard);
-    returns the city folders checked, raises DatasetError on the first problem."""
+def verify_dataset(path: str | Path, *, level: str = "full") -> Verified:
+    """`crosscity prep verify`: check a dataset root or one city at `level` (structure | quick | full:
+    sha256 of every shard); returns the dataset version and each city's, raises DatasetError."""
     from crosscity.data_prep.verify import verify_dataset as verify
 
-    return verify(path, full=full)
+    return verify(path, level)

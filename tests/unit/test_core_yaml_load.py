@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crosscity.config.schema import ConfigError, load_config
+from crosscity.config import ConfigError, load_config
 from crosscity.core.yaml_load import DuplicateKeyError, safe_load_unique
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crosscity.config.schema import load_config
+from crosscity.config import load_config
 from crosscity.data_prep.errors import DataPrepError, RunDataError
 from crosscity.data_prep.prepare import append
 from crosscity.data_prep.run_checks import RUN_RECORD, check_run_data, check_runs_data, resolve_cities
