@@ -80,6 +80,7 @@ class Coordinator:
         self.registered_here: set[int] = set()  # cities that registered with this coordinator process
         self.first_here: float | None = None  # ... and when the first of them did
         self.state_generation = 0
+        self.was_live: set[int] = set()  # for the live/silent events
         self.cond = threading.Condition()
         self.stopping = False  # shutting the service down
         self.stopping_run = False  # the run stops: every participant of the next rounds is told to
@@ -463,6 +464,14 @@ class Coordinator:
     def tick(self) -> None:
         """Deadlines and liveness change with time alone: re-check them (the monitor thread)."""
         with self.cond:
+            live = set(self.members.live(self.clock()))
+            for city in sorted(self.was_live - live):
+                record = self.members.cities.get(city)
+                if record is not None and record.state == "training":
+                    self.event("silent", city=city, after_s=self.cfg.wan.dead_after_s)
+            for city in sorted(live - self.was_live):
+                self.event("live", city=city)
+            self.was_live = live
             if self._gate_open():
                 self.cond.notify_all()
             for rnd in list(self.forming.values()):
@@ -487,7 +496,16 @@ class Coordinator:
         record = {"time": time.time(), "event": kind, **fields}
         with (self.dir / "events.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if kind in ("join", "leave", "round_skipped", "start", "refused", "bad_message", "stop_requested"):
+        if kind in (
+            "join",
+            "leave",
+            "silent",
+            "round_skipped",
+            "start",
+            "refused",
+            "bad_message",
+            "stop_requested",
+        ):
             print(f"[coordinator] {kind} {json.dumps(fields)}", flush=True)
 
     def _save(self) -> None:

@@ -18,7 +18,13 @@ def test_report_failure_after_a_run_is_a_warning_and_exit_0(
     run_dir = tmp_path / "run"
     (run_dir / "plots").parent.mkdir()
     (run_dir / "plots").write_text("a file where the plots folder should be")  # the report cannot write
-    overrides = [f"data.dir={small_dataset}", "topology.cities=2", "train.steps=4", *QUICK]
+    overrides = [
+        f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
+        "train.steps=4",
+        *QUICK,
+    ]
     assert crosscity.run_local(CONFIG, overrides, run_dir=run_dir, echo=False) == 0
     err = capfd.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("[warning]")]
