@@ -36,8 +36,9 @@ LINK_FILE = "link_check.json"  # under --out: the link probe of the main rate
 
 # method name -> wan.* overrides on top of config.yaml
 METHODS: dict[str, list[str]] = {
-    "flat": ["wan.algorithm=flat"],
-    "torch_hierarchical": ["wan.algorithm=torch_hierarchical"],
+    # the world-spanning baselines run plain gloo across the WAN: they need security.insecure=true
+    "flat": ["wan.algorithm=flat", "security.insecure=true"],
+    "torch_hierarchical": ["wan.algorithm=torch_hierarchical", "security.insecure=true"],
     "average": ["wan.algorithm=average"],
     "diloco": ["wan.algorithm=diloco"],
     "streaming": ["wan.algorithm=streaming"],

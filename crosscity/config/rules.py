@@ -14,6 +14,7 @@ import re
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from crosscity.config.errors import ConfigError
@@ -81,6 +82,7 @@ TYPE_ONLY = (
     "wan.nesterov",
     "wan.codec",
     "wan.merge",
+    "wan.aggregate",
     "train.requeue_signal",
     "train.device",
     "monitor.tensorboard",
@@ -148,6 +150,8 @@ BOUNDS = {
     "wan.dead_after_s": POSITIVE,
     "wan.start_timeout_s": POSITIVE,
     "wan.min_rate_mbit": POSITIVE,
+    "wan.trim": AT_LEAST_1,
+    "wan.clip_factor": AT_LEAST_0,  # 0 = off, else > 1 (clip_factor_above_one)
     "lan.timeout_s": POSITIVE,
     "topology.cities": AT_LEAST_1,
     "topology.ranks_per_city": AT_LEAST_1,
@@ -297,6 +301,13 @@ def _baselines(cfg: Config) -> str | None:
                 "each rank's optimizer state; codecs and optimizer-state policies need average, diloco "
                 "or streaming"
             )
+    return None
+
+
+@rule("clip_factor_above_one", "wan.clip_factor")
+def _clip_factor(cfg: Config) -> str | None:
+    if 0 < cfg.wan.clip_factor <= 1:
+        return f"wan.clip_factor={cfg.wan.clip_factor}: allowed 0 (off) or > 1 (x the round's median norm)"
     return None
 
 
@@ -489,5 +500,28 @@ def _gpus(res: SlurmConfig, cfg: Config) -> str | None:
         return (
             f"{needs[0]}={value(cfg, needs[0])!r} needs GPUs on the compute nodes: "
             "set slurm.gpus_per_node >= 1 (or train.device=cpu, lan.backend=gloo)"
+        )
+    return None
+
+
+@rule("baselines_need_insecure", "wan.algorithm", "security.insecure")
+def _baselines_insecure(cfg: Config) -> str | None:
+    if cfg.wan.algorithm in ("flat", "torch_hierarchical") and not cfg.security.insecure:
+        return (
+            f"wan.algorithm={cfg.wan.algorithm!r} runs one torch.distributed world over every city: plain "
+            "gloo across the WAN, no identities or encryption; allowed only with security.insecure=true "
+            "(docs/security.md)"
+        )
+    return None
+
+
+@rule("security_certs_is_a_kit", "security.certs")
+def _certs_kit(cfg: Config) -> str | None:
+    """Checked where the run is started: a kit that is not there fails before anything is scheduled."""
+    folder = cfg.security.certs
+    if folder and not (Path(folder) / "ca.pem").is_file():
+        return (
+            f"security.certs={folder!r}: no ca.pem there; make one with `crosscity certs init` (and give "
+            "each site its kit with `crosscity certs export`), or leave it empty for a fresh CA for this run"
         )
     return None

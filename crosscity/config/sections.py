@@ -79,6 +79,23 @@ class WanConfig:
     dead_after_s: float = 5.0  # ... and is not waited for once silent this long (< round_timeout_s)
     start_timeout_s: float = 300.0  # the first round waits this long for every city to register
     min_rate_mbit: float = 10.0  # slowest city link to tolerate: sets how long a round's uploads may take
+    aggregate: Literal["mean", "trimmed_mean", "median"] = (
+        "mean"  # Byzantine-robust options at the coordinator
+    )
+    trim: int = 1  # trimmed_mean: cities dropped from each end, per coordinate
+    clip_factor: float = (
+        10.0  # an update with a norm above this x the round's median is scaled down (0 = off)
+    )
+
+
+@dataclass
+class SecurityConfig:
+    """Who may talk to the coordinator (docs/security.md)."""
+
+    certs: str = (
+        ""  # TLS identities: an operator dir or this site's exported kit ("" = a fresh CA for the run)
+    )
+    insecure: bool = False  # plaintext between cities and coordinator: only for the world-spanning baselines
 
 
 @dataclass
@@ -177,6 +194,7 @@ class Config:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 

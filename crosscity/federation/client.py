@@ -10,6 +10,7 @@ register again when a restarted coordinator no longer knows the city), report th
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from crosscity.federation import protocol as p
+from crosscity.federation import tls
 from crosscity.federation.transport import Connection, ConnectionLost, TlsEndpoint, connect
 from crosscity.federation.wire import Message, WireError
 
@@ -95,6 +97,10 @@ class Link:
             reply = conn.request(hello, self.connect_timeout_s)
         except (OSError, ConnectionLost, TimeoutError, WireError, ValueError) as exc:
             self.backoff.failed()
+            if isinstance(
+                exc.__cause__, ssl.SSLError | tls.IdentityError
+            ):  # no retry fixes a refused identity
+                raise Refused(f"TLS: {tls.refusal(exc.__cause__)}") from None
             raise Unreachable(f"coordinator: {exc}") from None
         self.bytes_sent += conn.bytes_sent
         self.bytes_recv += conn.bytes_recv

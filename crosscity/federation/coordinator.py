@@ -25,7 +25,10 @@ import numpy as np
 
 from crosscity.config import Config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.federation import endpoints, tls
 from crosscity.federation import protocol as p
+from crosscity.federation.aggregate import EmptyRound, aggregate, l2_norm
+from crosscity.federation.audit import AuditLog
 from crosscity.federation.codecs import ErrorFeedback, check_input, make_codec
 from crosscity.federation.layout import Layout
 from crosscity.federation.membership import Membership
@@ -81,6 +84,13 @@ class Coordinator:
         self.first_here: float | None = None  # ... and when the first of them did
         self.state_generation = 0
         self.was_live: set[int] = set()  # for the live/silent events
+        self.secure = not cfg.security.insecure
+        self.names = endpoints.city_names(cfg, self.run_dir)  # what a city's certificate must say
+        if self.secure and (self.names is None or len(self.names) != self.cities):
+            raise ValueError(
+                f"{self.run_dir}: no city names (dataset.json or data.cities) to check certificates against"
+            )
+        self.audit = AuditLog(self.run_dir / "audit.jsonl")
         self.cond = threading.Condition()
         self.stopping = False  # shutting the service down
         self.stopping_run = False  # the run stops: every participant of the next rounds is told to
@@ -112,6 +122,7 @@ class Coordinator:
         try:
             hello = conn.recv(self.clock_deadline(30.0))
             city, rank = self._hello(hello)
+            self._admit(conn, city)
             conn.send(Message(p.WELCOME, {"epoch": self.members.epoch}), self.clock_deadline(30.0))
             while not self.stopping:
                 conn.max_payload = self.max_payload
@@ -128,8 +139,45 @@ class Coordinator:
             self.event("bad_message", peer=conn.peer.address, reason=str(exc))
         except RequestError as exc:
             self.event("refused", peer=conn.peer.address, reason=str(exc))
+            self._audit_connection(conn, False, reason="refused", detail=str(exc))
             with contextlib.suppress(ConnectionLost, TimeoutError):
                 conn.send(Message(p.ERROR, {"reason": str(exc)}), self.clock_deadline(5.0))
+
+    def _admit(self, conn: Connection, city: int) -> None:
+        """With TLS, the certificate is the identity: a city may only speak as the name it carries."""
+        peer = conn.peer.identity
+        if self.secure:
+            assert self.names is not None
+            if not isinstance(peer, tls.Peer):
+                raise RequestError("no verified certificate")
+            if peer.role != "city" or peer.name != self.names[city]:
+                raise RequestError(
+                    f"certificate of {peer.role} {peer.name!r} may not speak as city {city} "
+                    f"({self.names[city]!r})"
+                )
+        self._audit_connection(conn, True)
+
+    def _audit_connection(self, conn: Connection, accepted: bool, reason: str = "", detail: str = "") -> None:
+        peer = conn.peer.identity
+        known = peer if isinstance(peer, tls.Peer) else None
+        self.audit.connection(
+            conn.peer.address,
+            accepted,
+            fingerprint=known.fingerprint_sha256 if known else None,
+            role=known.role if known else None,
+            name=known.name if known else None,
+            reason=reason or None,
+            detail=detail or None,
+        )
+
+    def refused_handshake(self, address: str, exc: BaseException) -> None:
+        """The transport's callback: a TLS handshake that failed (no/foreign/expired/revoked certificate)."""
+        why = tls.refusal(exc)
+        self.event("refused", peer=address, reason=why.reason, detail=why.detail)
+        self.audit.connection(address, False, reason=why.reason, detail=why.detail)
+
+    def city_name(self, city: int) -> str:
+        return self.names[city] if self.names else str(city)
 
     @staticmethod
     def clock_deadline(seconds: float) -> float:
@@ -200,6 +248,7 @@ class Coordinator:
             self.event(
                 "join", city=city, name=f["name"], epoch=record.epoch, step=f["step"], state=record.state
             )
+            self.audit.join(self.city_name(city), "", epoch=record.epoch, step=f["step"], state=record.state)
             self._save()
             self.cond.notify_all()
             return Message(
@@ -219,6 +268,7 @@ class Coordinator:
             finished = msg.fields["reason"] == "finished"
             self.members.leave(city, finished)
             self.event("leave", city=city, reason=msg.fields["reason"])
+            self.audit.leave(self.city_name(city), msg.fields["reason"])
             self._save()
             self.cond.notify_all()
         return Message(p.OK)
@@ -300,7 +350,8 @@ class Coordinator:
                 return self._round_reply(rnd, city, p.MISSED, "the round had formed without this city")
             if stripe in rnd.uploads.get(city, {}):
                 raise RequestError(f"city {city} stripe {stripe}: uploaded twice to round {rnd.id}")
-            upload = Upload(arrays, f["base_version"], f["steps"], f["attempt"])
+            nbytes = sum(a.nbytes for a in msg.arrays)
+            upload = Upload(arrays, f["base_version"], f["steps"], f["attempt"], nbytes)
             rnd.uploads.setdefault(city, {})[stripe] = upload
             self._advance(rnd)
             deadline = self.clock() + self.reply_timeout_s
@@ -348,19 +399,35 @@ class Coordinator:
     def _commit(self, rnd: Round) -> None:
         assert self.layout is not None
         f, quorum = rnd.fragment, rnd.quorum
-        weights = np.array([self._weight(c, f, rnd.uploads[c][0].steps) for c in quorum], dtype=np.float64)
-        updates = [np.concatenate([rnd.uploads[c][k].arrays[0] for k in range(self.stripes)]) for c in quorum]
-        mean = _weighted_mean(updates, weights)
+        weights = {c: self._weight(c, f, rnd.uploads[c][0].steps) for c in quorum}
+        updates = {
+            c: np.concatenate([rnd.uploads[c][k].arrays[0] for k in range(self.stripes)]) for c in quorum
+        }
+        w = self.cfg.wan
+        try:
+            agg = aggregate(
+                updates,
+                weights,
+                updates[quorum[0]].shape,
+                method=w.aggregate,
+                clip_factor=w.clip_factor or None,
+                trim=w.trim,
+            )
+        except EmptyRound as exc:
+            rnd.status, rnd.reason = SKIPPED, str(exc)
+            return
+        self._audit_updates(rnd, updates, agg)
+        mean = agg.value.astype(np.float32)
         before, version = self.globals[f].copy(), self.versions[f]
         g = self.globals[f]
         self.outer.step(f, g, mean)
         downlink = self._downlink(f, before, g)
         extra = None
         if self.n_extra:
-            states = [
-                np.concatenate([rnd.uploads[c][k].arrays[1] for k in range(self.stripes)]) for c in quorum
-            ]
-            extra = _weighted_mean(states, weights)
+            states = {
+                c: np.concatenate([rnd.uploads[c][k].arrays[1] for k in range(self.stripes)]) for c in quorum
+            }
+            extra = aggregate(states, weights, states[quorum[0]].shape).value.astype(np.float32)
         self.versions[f] = version + 1
         for c in quorum:
             self.committed_attempt.setdefault(c, {})[f] = rnd.uploads[c][0].attempt
@@ -378,6 +445,7 @@ class Coordinator:
                     arrays.append(extra[ea:eb].copy())
                 rnd.replies[(c, k)] = self._round_reply(rnd, c, p.COMMITTED, "", mode, arrays, version + 1)
         rnd.status = COMMITTED
+        self.audit.round(rnd.id, [self.city_name(c) for c in quorum], fragment=f, version=version + 1)
         self.event(
             "round",
             fragment=f,
@@ -387,6 +455,21 @@ class Coordinator:
             seconds=round(self.clock() - rnd.opened_at, 4),
             steps=[rnd.uploads[c][0].steps for c in quorum],
         )
+
+    def _audit_updates(self, rnd: Round, updates: dict[int, np.ndarray], agg: Any) -> None:
+        """Each update of the round: hash, bytes, norm, and whether clipping scaled it."""
+        for c, update in updates.items():
+            clip = agg.clips.get(c)
+            self.audit.update(
+                self.city_name(c),
+                rnd.id,
+                hashlib.sha256(update.tobytes()).hexdigest(),
+                sum(u.nbytes for u in rnd.uploads[c].values()),
+                norm=clip.norm if clip else l2_norm(update),
+                clipped=bool(clip and clip.clipped),
+                scale=clip.scale if clip else 1.0,
+                rejected=agg.rejected.get(c),
+            )
 
     def _downlink(self, f: int, before: np.ndarray, g: np.ndarray) -> list[list[np.ndarray]] | None:
         """Per stripe, the codec payload of the global's change; the global becomes exactly what an
@@ -578,11 +661,3 @@ class Coordinator:
 
 def _stripe_of(numel: int, parts: int, k: int) -> tuple[int, int]:
     return Layout(numel, 1, parts).stripe(0, k)
-
-
-def _weighted_mean(rows: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """sum_c w_c x_c / sum_c w_c, accumulated in float64 in city order: the same bits every run."""
-    total = np.zeros(rows[0].size, dtype=np.float64)
-    for w, x in zip(weights, rows, strict=True):
-        total += w * x.astype(np.float64)
-    return (total / weights.sum()).astype(np.float32)

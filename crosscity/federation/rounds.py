@@ -30,6 +30,7 @@ class Upload:
     base_version: int
     steps: int
     attempt: int
+    nbytes: int = 0  # payload bytes as received (the audit trail records them)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from crosscity.config import load_config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.federation.coordinator import TICK_S, Coordinator
+from crosscity.federation.endpoints import INSECURE_WARNING, coordinator_endpoint
 from crosscity.federation.transport import Server, TlsEndpoint
 
 COORDINATOR_FILE = "coordinator.json"
@@ -44,7 +45,12 @@ def serve(
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     coordinator = Coordinator(run_dir, cfg)
-    server = Server(host, port, coordinator.serve_connection, coordinator.max_payload, tls).start()
+    tls = tls if tls is not None else coordinator_endpoint(cfg, run_dir)
+    if tls is None:
+        print(INSECURE_WARNING, flush=True)
+    server = Server(
+        host, port, coordinator.serve_connection, coordinator.max_payload, tls, coordinator.refused_handshake
+    ).start()
     info = {"host": advertise or host, "port": server.port, "pid": os.getpid(), "kind": "federation"}
     atomic_write_text(run_dir / COORDINATOR_FILE, json.dumps(info))
     print(f"[coordinator] serving {cfg.topology.cities} cities at {info['host']}:{server.port}", flush=True)
@@ -63,4 +69,5 @@ def serve(
         with coordinator.cond:
             coordinator.cond.notify_all()
         time.sleep(TICK_S)
+        coordinator.audit.close()
     return 0

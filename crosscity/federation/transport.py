@@ -62,7 +62,7 @@ class Connection:
                 self.bytes_sent += n
         except (OSError, ValueError) as exc:
             self.close()
-            raise ConnectionLost(f"send to {self.peer.address}: {exc}") from None
+            raise ConnectionLost(f"send to {self.peer.address}: {exc}") from exc
         return size
 
     def recv(self, deadline: float) -> Message:
@@ -73,7 +73,7 @@ class Connection:
             raise
         except (OSError, ValueError, EOFError) as exc:
             self.close()
-            raise ConnectionLost(f"receive from {self.peer.address}: {exc}") from None
+            raise ConnectionLost(f"receive from {self.peer.address}: {exc}") from exc
         self.bytes_recv += size
         return msg
 
@@ -122,17 +122,23 @@ def connect(
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        identity = None
         if tls is not None:
             sock = tls.context.wrap_socket(sock, server_hostname=server_name or host)
-            identity = tls.identify(sock)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConnectionLost(f"connect to {host}:{port}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise ConnectionLost(f"connect to {host}:{port}: {exc}") from exc
+    identity = None
+    if tls is not None:
+        try:
+            identity = tls.identify(sock)  # the TLS layer's check of who answered
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise ConnectionLost(f"connect to {host}:{port}: {exc}") from exc
     return Connection(sock, Peer(f"{host}:{port}", identity), max_payload)
 
 
 Handler = Callable[[Connection], None]
-Refused = Callable[[str, str], None]  # (peer address, reason): a handshake that failed
+Refused = Callable[[str, BaseException], None]  # (peer address, what failed): a refused handshake
 
 
 class Server:
@@ -148,7 +154,7 @@ class Server:
         on_refused: Refused | None = None,
     ) -> None:
         self.handler, self.max_payload, self.tls = handler, max_payload, tls
-        self.on_refused = on_refused or (lambda peer, why: None)
+        self.on_refused = on_refused or (lambda peer, exc: None)
         self.listener = socket.create_server((host, port), reuse_port=False)
         self.port = self.listener.getsockname()[1]
         self.connections: set[Connection] = set()
@@ -176,8 +182,8 @@ class Server:
                 sock.settimeout(HANDSHAKE_TIMEOUT_S)
                 sock = self.tls.context.wrap_socket(sock, server_side=True)
                 identity = self.tls.identify(sock)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            self.on_refused(address, str(exc))
+        except Exception as exc:  # the handshake or the identity read: refused, never served
+            self.on_refused(address, exc)
             with contextlib.suppress(OSError):
                 sock.close()
             return

@@ -353,6 +353,15 @@ def _section_setup(run: Run) -> str:
         f"steps {c('train', 'steps', '?')}, batch {c('data', 'batch_size', '?')}/rank",
         f"- WAN: algorithm {c('wan', 'algorithm', '?')}, sync every {c('wan', 'sync_every', '?')} steps, "
         f"codec {c('wan', 'codec', '?')}",
+        "- security: **INSECURE: plaintext between cities and coordinator, no identities "
+        "(security.insecure=true)**"
+        if c("security", "insecure", False)
+        else "- security: mutual TLS 1.3 with per-city certificates; audit trail: "
+        + (
+            "[audit.jsonl](audit.jsonl) (`crosscity audit` verifies it)"
+            if (run.dir / "audit.jsonl").is_file()
+            else "none yet"
+        ),
     ]
     return "## Run\n" + "\n".join(lines)
 

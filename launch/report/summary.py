@@ -61,6 +61,8 @@ def write_summary(
         "steps": cfg.train.steps,
         "algorithm": cfg.wan.algorithm,
         "codec": cfg.wan.codec,
+        "security": "INSECURE: plaintext, no identities" if cfg.security.insecure else "mutual TLS 1.3",
+        "audit": "audit.jsonl" if (Path(run_dir) / "audit.jsonl").is_file() else None,
     }
     record = Path(run_dir) / RUN_RECORD
     if dataset is not None:

@@ -28,6 +28,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"flat data parallel would have sent {summary['flat_dp_wan_bytes'] / 1e6:.0f} MB over the WAN: "
             f"{summary['wan_reduction']:.0f}x more"
         )
+    if str(summary.get("security", "")).startswith("INSECURE"):
+        rows.append("[security] INSECURE run: cities and coordinator talked in plaintext (security.insecure)")
     data = summary.get("dataset")
     if data:
         cities = ", ".join(f"{c} v{v}" for c, v in data["cities"].items())

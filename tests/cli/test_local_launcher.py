@@ -32,6 +32,7 @@ def test_hierarchical_h1_equals_flat_data_parallel(small_dataset: Path, tmp_path
             str(CONFIG),
             *common,
             f"wan.algorithm={algo}",
+            *(["security.insecure=true"] if algo == "flat" else []),  # flat is plain gloo across cities
             "wan.sync_every=1",
             f"train.run_dir={tmp_path / algo}",
         )
@@ -72,7 +73,13 @@ def test_missing_data_path_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_a_failed_rank_stops_a_world_spanning_baseline(small_dataset: Path, tmp_path: Path) -> None:
     """flat runs one gloo world over every city: a dead rank there cannot be healed, the run stops."""
     run_dir = tmp_path / "run"
-    forever = [f"data.dir={small_dataset}", "wan.algorithm=flat", "train.steps=100000", *QUICK]
+    forever = [
+        f"data.dir={small_dataset}",
+        "wan.algorithm=flat",
+        "security.insecure=true",
+        "train.steps=100000",
+        *QUICK,
+    ]
     launcher = start_crosscity("run", str(CONFIG), *forever, f"train.run_dir={run_dir}")
     try:
         wait_for_step(run_dir, rank=5, step=3)

@@ -18,6 +18,7 @@ from crosscity.config import Config, load_config, save_config
 from crosscity.federation import protocol as p
 from crosscity.federation.client import CityAgent, Link, Unreachable
 from crosscity.federation.coordinator import config_fingerprint
+from crosscity.federation.endpoints import city_endpoint, run_certs
 from crosscity.federation.layout import Layout
 from crosscity.federation.service import read_address, serve
 from crosscity.federation.wire import Message
@@ -31,11 +32,18 @@ FAST = [
 
 
 def run_config(run_dir: Path, cities: int, ranks: int, *overrides: str) -> Config:
+    """A run directory for `cities` cities named city0, city1, ... with the run's own CA (mutual TLS,
+    as a real run has) unless the overrides say security.insecure=true."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(
-        None, [f"topology.cities={cities}", f"topology.ranks_per_city={ranks}", *FAST, *overrides]
-    )
+    names = [f"city{c}" for c in range(cities)]
+    topology = [
+        f"topology.cities={cities}",
+        f"topology.ranks_per_city={ranks}",
+        f"data.cities={','.join(names)}",
+    ]
+    cfg = load_config(None, [*topology, *FAST, *overrides])
     save_config(cfg, run_dir / "config.yaml")
+    run_certs(cfg, run_dir, names, ["127.0.0.1"])
     return cfg
 
 
@@ -67,10 +75,10 @@ class ScriptedCity:
         fragments = cfg.wan.fragments if cfg.wan.algorithm == "streaming" else 1
         self.layout = Layout(n_params, fragments, self.ranks)
 
+        tls = city_endpoint(cfg, run_dir, f"city{city}")
+
         def link(rank: int) -> Link:
-            return Link(
-                lambda: read_address(run_dir), city, rank, run, max_payload=1 << 26, connect_timeout_s=2
-            )
+            return Link(lambda: read_address(run_dir), city, rank, run, 1 << 26, tls, connect_timeout_s=2)
 
         self.links = [link(k) for k in range(self.ranks)]
         self.agent = CityAgent(

@@ -103,7 +103,7 @@ def federated_sync(
 ) -> FederatedSync:
     cfg = load_config(run_dir / "config.yaml")
     n_params = sum(p.numel() for p in model.parameters())
-    link, agent = connect(run_dir, topo, f"city{topo.city}", n_params, cfg.wan.heartbeat_s)
+    link, agent = connect(run_dir, cfg, topo, f"city{topo.city}", n_params)
     sync = FederatedSync(
         cfg.wan, model, opt, topo, groups, TorchReducer(groups.city), "fp32", link=link, agent=agent
     )

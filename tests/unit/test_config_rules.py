@@ -90,6 +90,17 @@ ROWS = [
         "wan.optimizer_state='reset': wan.algorithm='flat' sends plain fp32",
     ),
     Row(
+        "baselines_need_insecure",
+        ["wan.algorithm=flat"],
+        "wan.algorithm='flat' runs one torch.distributed world over every city: plain gloo across the WAN",
+    ),
+    Row("clip_factor_above_one", ["wan.clip_factor=0.5"], "wan.clip_factor=0.5: allowed 0 (off) or > 1"),
+    Row(
+        "security_certs_is_a_kit",
+        ["security.certs=/nonexistent/kit"],
+        "security.certs='/nonexistent/kit': no ca.pem",
+    ),
+    Row(
         "error_feedback_needs_codec",
         ["wan.error_feedback=true"],
         "wan.error_feedback=true with wan.codec='none': nothing is lost",
@@ -111,12 +122,12 @@ ROWS = [
     ),
     Row(
         "torch_intra_every_divides_period",
-        ["wan.algorithm=torch_hierarchical", "wan.torch_intra_every=20"],
+        ["wan.algorithm=torch_hierarchical", "security.insecure=true", "wan.torch_intra_every=20"],
         "wan.torch_intra_every=20: must divide wan.sync_every=20 and be smaller",
     ),
     Row(
         "torch_intra_every_divides_period",
-        ["wan.algorithm=torch_hierarchical", "wan.torch_intra_every=3"],
+        ["wan.algorithm=torch_hierarchical", "security.insecure=true", "wan.torch_intra_every=3"],
         "wan.torch_intra_every=3: must divide wan.sync_every=20",
     ),
     Row("min_cities_within_topology", ["wan.min_cities=5"], "wan.min_cities=5: allowed 1..topology.cities=4"),

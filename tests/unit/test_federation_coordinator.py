@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from crosscity.federation import protocol as p
+from crosscity.federation.audit import verify
 from crosscity.federation.client import Refused
 from crosscity.federation.wire import Message
 from tests.helpers.federation import CoordinatorThread, ScriptedCity, global_of, run_config
@@ -53,6 +55,11 @@ def test_diloco_round_is_the_outer_nesterov_step_of_the_mean(tmp_path: Path) -> 
         want = initial() - 0.7 * 1.9 * 0.75 - 0.7 * (0.75 + 0.9 * buf)
         np.testing.assert_allclose(global_of(second[0]), want, rtol=1e-5)
         assert np.array_equal(global_of(second[0]), global_of(second[1]))  # every city: the same bits
+        trail = verify(tmp_path / "audit.jsonl")  # who connected, joined, and what was averaged
+        assert trail.ok, trail.problem
+        events = [json.loads(line)["event"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert events.count("round") == 2 and events.count("update") == 4 and events.count("join") == 2
+        assert events.count("connection") >= 6  # every rank's data link and each city's two control links
     finally:
         for city in locals().get("group", []):
             city.close()

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from crosscity.config import WanConfig
+from crosscity.config import Config, WanConfig
 from crosscity.federation import protocol as p
 from crosscity.federation.client import CityAgent, Link, Refused, Unreachable
 from crosscity.federation.codecs import ErrorFeedback, make_codec
 from crosscity.federation.coordinator import config_fingerprint
+from crosscity.federation.endpoints import city_endpoint
 from crosscity.federation.layout import Layout
 from crosscity.federation.service import read_address
 from crosscity.federation.wire import Message
@@ -559,15 +560,17 @@ def _sha(values: np.ndarray) -> str:
 
 
 def connect(
-    run_dir: Path, topo: Topology, city_name: str, n_params: int, heartbeat_s: float
+    run_dir: Path, cfg: Config, topo: Topology, city_name: str, n_params: int
 ) -> tuple[Link, CityAgent | None]:
-    """This rank's link to the run's coordinator (found through RUN_DIR/coordinator.json), and for
-    local rank 0 the city's membership agent."""
+    """This rank's link to the run's coordinator (found through RUN_DIR/coordinator.json; mutual TLS
+    with the city's certificate unless security.insecure), and for local rank 0 the city's agent."""
     run = config_fingerprint((Path(run_dir) / "config.yaml").read_text())
     max_payload = 8 * n_params + (1 << 20)  # a full float32 fragment stripe, with room to spare
+    tls = city_endpoint(cfg, run_dir, city_name)
+    heartbeat_s = cfg.wan.heartbeat_s
 
     def link(rank: int) -> Link:
-        return Link(lambda: read_address(run_dir), topo.city, rank, run, max_payload)
+        return Link(lambda: read_address(run_dir), topo.city, rank, run, max_payload, tls)
 
     agent = CityAgent(lambda: link(0), city_name, n_params, 0, heartbeat_s) if topo.local_rank == 0 else None
     return link(topo.local_rank), agent

@@ -44,5 +44,5 @@ def build_sync(
     if cls.spans_world:
         return cls(*args)
     n_params = sum(p.numel() for p in model.parameters())
-    link, agent = federated.connect(run_dir, topo, city_name, n_params, cfg.wan.heartbeat_s)
+    link, agent = federated.connect(run_dir, cfg, topo, city_name, n_params)
     return federated.FederatedSync(*args, link=link, agent=agent)
