@@ -157,7 +157,10 @@ class FederatedLauncher:
         run_certs(self.cfg, self.l.run_dir, names, [self.l.store_host])  # secure by default
         if self.cfg.security.insecure:
             print(INSECURE_WARNING, flush=True)
-        previous = {s: signal.signal(s, self._forward) for s in _stop_signals(self.cfg)}
+        # Signals reach the main thread only: a launcher run from another thread (a benchmark, a
+        # test) is stopped by its caller instead.
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self._forward) for s in _stop_signals(self.cfg)} if main else {}
         try:
             self._start_coordinator()
             for city in self.cities:
@@ -254,7 +257,10 @@ class FederatedLauncher:
         store = self.l.run_dir / "cities" / f"city{city.index}" / f"store-{city.attempt}"
         store.parent.mkdir(parents=True, exist_ok=True)
         store.unlink(missing_ok=True)
-        city.ranks = [self.l.spawn(t, {CITY_STORE_ENV: str(store)}) for t in self.l.topologies(city.index)]
+        # A city's ranks share this host: their gloo sockets listen on loopback only (a launcher that
+        # spreads a city over hosts, or the WAN bench's namespaces, sets its own interface).
+        env = {CITY_STORE_ENV: str(store), "GLOO_SOCKET_IFNAME": "lo"}
+        city.ranks = [self.l.spawn(t, env) for t in self.l.topologies(city.index)]
 
     def _watch_city(self, city: City) -> None:
         if city.done or city.gave_up:

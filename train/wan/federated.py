@@ -245,6 +245,21 @@ class FederatedSync(InterCitySync):
     def leave(self, reason: str) -> None:
         if self.agent is not None:
             self.agent.leave(reason)
+        self.log_event(
+            event="wan_totals",
+            message=f"bytes this rank put into its coordinator connections ({reason})",
+            **self.wire_totals(),
+        )
+
+    def wire_totals(self) -> dict[str, int]:
+        """Every byte this rank's links wrote and read (frames, before TLS): data plane and control."""
+        control = [self.agent.control, self.agent.beat] if self.agent is not None else []
+        return {
+            "data_sent": self.link.bytes_sent,
+            "data_recv": self.link.bytes_recv,
+            "control_sent": sum(c.bytes_sent for c in control),
+            "control_recv": sum(c.bytes_recv for c in control),
+        }
 
     def close(self) -> None:
         self.worker.shutdown(wait=True)
