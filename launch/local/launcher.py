@@ -82,6 +82,7 @@ class LocalLauncher:
     city_prefix: Callable[[int], list[str]] | None = None  # e.g. `ip netns exec ccN` for the WAN bench
     city_env: Callable[[int], dict[str, str]] | None = None
     echo: bool = True
+    only: list[int] | None = None  # start these cities alone (the others run elsewhere and join)
     ranks: dict[int, RankProcess] = field(default_factory=dict)
 
     def run(self) -> int:
@@ -144,7 +145,8 @@ class FederatedLauncher:
 
     def __init__(self, launcher: LocalLauncher) -> None:
         self.l, self.cfg = launcher, launcher.cfg
-        self.cities = [City(c) for c in range(self.cfg.topology.cities)]
+        wanted = launcher.only if launcher.only is not None else range(self.cfg.topology.cities)
+        self.cities = [City(c) for c in wanted]
         self.coordinator: subprocess.Popen | None = None
         self.coordinator_starts = 0
         self.stopping = False

@@ -68,22 +68,23 @@ class CoordinatorThread:
 
 
 class ScriptedCity:
-    def __init__(self, run_dir: Path, cfg: Config, city: int, n_params: int, heartbeats: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: Config, city: int, n_params: int, heartbeats: bool = True, name: str = ""
+    ) -> None:
+        name = name or f"city{city}"
         self.cfg, self.city = cfg, city
         self.ranks = cfg.topology.ranks_per_city
         run = config_fingerprint((run_dir / "config.yaml").read_text())
         fragments = cfg.wan.fragments if cfg.wan.algorithm == "streaming" else 1
         self.layout = Layout(n_params, fragments, self.ranks)
 
-        tls = city_endpoint(cfg, run_dir, f"city{city}")
+        tls = city_endpoint(cfg, run_dir, name)
 
         def link(rank: int) -> Link:
             return Link(lambda: read_address(run_dir), city, rank, run, 1 << 26, tls, connect_timeout_s=2)
 
         self.links = [link(k) for k in range(self.ranks)]
-        self.agent = CityAgent(
-            lambda: link(0), f"city{city}", n_params, 0, cfg.wan.heartbeat_s, log=lambda _: None
-        )
+        self.agent = CityAgent(lambda: link(0), name, n_params, 0, cfg.wan.heartbeat_s, log=lambda _: None)
         self.heartbeats = heartbeats
         self.attempt = 0
         self.pool = ThreadPoolExecutor(max_workers=self.ranks)
