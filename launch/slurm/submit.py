@@ -135,7 +135,7 @@ def submit_plan(plan: Plan, ranks_per_city: int) -> dict:
         array = sbatch(path, *after)
         logs = plan.run_dir / "logs" / "slurm"
         tasks = [(f"{array}_{t}", logs / f"city-{array}_{t}.out") for t in range(len(cities))]
-        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks)
+        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks, path)
     return jobs
 
 
