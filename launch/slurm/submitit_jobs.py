@@ -12,9 +12,11 @@ travels in the task's pickle, and the rank runs `crosscity train RUN_DIR` like t
 Preemption: Slurm sends train.requeue_signal (our --signal replaces submitit's USR2). submitit's own
 handler for it would checkpoint a Checkpointable from rank 0 alone at any instant and requeue; here it
 is replaced: the job exports SUBMITIT_PREEMPT_SIGNAL=<the same signal> and the trainer installs its
-handler after submitit's, so every rank of every city checkpoints at one agreed step. The preempted
-city's ranks exit EXIT_REQUEUE (no result pickle), and the batch script's teardown requeues only that
-array task with slurm/city.sbatch's own requeue lines. submitit's SIGTERM bypass stays: a preemption's
+handler after submitit's, so every rank of the preempted city checkpoints at one agreed step. Its
+ranks exit EXIT_REQUEUE (no result pickle), and the batch script's teardown requeues only that array
+task with slurm/city.sbatch's own requeue lines; the other cities train on. The city's rendezvous file
+comes from the same template (its `### city:` lines); jobs.json records each task's submission script
+and pickle, with which the coordinator job resubmits a task Slurm will not requeue. submitit's SIGTERM bypass stays: a preemption's
 SIGTERM does not kill the ranks before the requeue signal; `scancel` still ends them after KillWait.
 """
 

@@ -51,16 +51,17 @@ def test_a_cancelled_city_task_comes_back_and_rejoins_while_the_other_trains_on(
 
     status = crosscity("status", str(run_dir), timeout=30)
     assert status.returncode == 0, status.stdout + status.stderr
-    line = next(x for x in status.stdout.splitlines() if x.startswith("city1: "))
-    for said in ("outage 1: silent", ", back ", "rejoined in round", "requeued ", f"({city1} was CANCELLED)"):
-        assert said in line, status.stdout
     rows = {r["name"]: r for r in json.loads(crosscity("status", str(run_dir), "--json", timeout=30).stdout)}
-    outage = rows["city1"]["outages"][0]
-    assert cancelled < outage["start"] < outage["back"] < outage["rejoined"], outage
+    # the outage that began with the cancel (a loaded machine may add a blip of silence before it)
+    n, outage = next((i, o) for i, o in enumerate(rows["city1"]["outages"], 1) if o["start"] > cancelled)
+    assert outage["cause"] == "silent" and outage["start"] < outage["back"] < outage["rejoined"], outage
+    line = next(x for x in status.stdout.splitlines() if x.startswith("city1: "))
+    told = (f"outage {n}: silent", "rejoined in round", "requeued ", f"({city1} was CANCELLED)")
+    assert all(said in line for said in told), status.stdout
     assert [r["action"] for r in rows["city1"]["supervisor"]] == ["requeue"]
     assert not rows["city0"]["supervisor"], "city 0 never left the queue"
     print(
-        f"\n[measured] scancel -> silent {outage['start'] - cancelled:.1f} s, -> requeued "
+        f"\n{status.stdout}\n[measured] scancel -> silent {outage['start'] - cancelled:.1f} s, -> requeued "
         f"{rows['city1']['supervisor'][0]['time'] - cancelled:.1f} s, -> back (registered) "
         f"{outage['back'] - cancelled:.1f} s, -> rejoined round {outage['round']} "
         f"{outage['rejoined'] - cancelled:.1f} s"
