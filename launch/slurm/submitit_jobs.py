@@ -16,8 +16,9 @@ handler after submitit's, so every rank of the preempted city checkpoints at one
 ranks exit EXIT_REQUEUE (no result pickle), and the batch script's teardown requeues only that array
 task with slurm/city.sbatch's own requeue lines; the other cities train on. The city's rendezvous file
 comes from the same template (its `### city:` lines); jobs.json records each task's submission script
-and pickle, with which the coordinator job resubmits a task Slurm will not requeue. submitit's SIGTERM bypass stays: a preemption's
-SIGTERM does not kill the ranks before the requeue signal; `scancel` still ends them after KillWait.
+and pickle, with which the coordinator job resubmits a task Slurm will not requeue. submitit's
+SIGTERM bypass stays: a preemption's SIGTERM does not kill the ranks before the requeue signal;
+`scancel` still ends them after KillWait.
 """
 
 from __future__ import annotations
