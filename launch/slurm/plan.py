@@ -196,20 +196,25 @@ def record_array(
     cities: list[int],
     ranks_per_city: int,
     tasks: list[tuple[str, Path]],
+    script: Path,
+    pickles: Sequence[Path] = (),
 ) -> None:
     """Add one submitted array (task job ids and logs, in city order) and rewrite jobs.json, so a
-    failure later still leaves a record of what runs."""
+    failure later still leaves a record of what runs. The script (and submitit's pickle of each task)
+    is what the coordinator job resubmits a lost task with (launch/slurm/supervise.py)."""
     jobs["arrays"].append(array_id)
-    for city, (job, log) in zip(cities, tasks, strict=True):
-        jobs["entries"].append(
-            {
-                "name": f"city{city}",
-                "job": job,
-                "run_dir": str(run_dir),
-                "ranks": [city * ranks_per_city + r for r in range(ranks_per_city)],
-                "log": str(log),
-            }
-        )
+    for i, (city, (job, log)) in enumerate(zip(cities, tasks, strict=True)):
+        entry = {
+            "name": f"city{city}",
+            "job": job,
+            "run_dir": str(run_dir),
+            "ranks": [city * ranks_per_city + r for r in range(ranks_per_city)],
+            "log": str(log),
+            "script": str(script),
+        }
+        if pickles:
+            entry["pickle"] = str(pickles[i])
+        jobs["entries"].append(entry)
     jobs["entries"].sort(key=lambda e: int(e["name"].removeprefix("city")))
     write_jobs(run_dir, jobs)
 

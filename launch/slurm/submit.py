@@ -89,7 +89,7 @@ def plan_run(cfg: Config, run_dir: Path, max_array: int) -> Plan:
             ],
             common,
             template_body("coordinator.sbatch"),
-            f"rendezvous store of run {run_dir}",
+            f"coordinator and city supervisor of run {run_dir}",
         )
     scripts = []
     for array in arrays:
@@ -135,7 +135,7 @@ def submit_plan(plan: Plan, ranks_per_city: int) -> dict:
         array = sbatch(path, *after)
         logs = plan.run_dir / "logs" / "slurm"
         tasks = [(f"{array}_{t}", logs / f"city-{array}_{t}.out") for t in range(len(cities))]
-        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks)
+        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks, path)
     return jobs
 
 
@@ -156,7 +156,8 @@ def main(argv: list[str]) -> int:
         prog="crosscity submit",
         description="Submit the cities of a run as Slurm job arrays (one task per city; cities with "
         "different slurm.per_city resources go into different arrays), plus a small coordinator job "
-        "that hosts the rendezvous store. Resources come from the config's slurm: section.",
+        "that runs the coordinator and brings back city tasks that end unfinished. Resources come from "
+        "the config's slurm: section.",
         epilog="examples:\n  crosscity submit configs/beijing_mlp.yaml topology.cities=2 --dry-run\n"
         "  crosscity submit configs/beijing_mlp.yaml train.run_dir=runs/exp1\n"
         "  crosscity submit configs/beijing_mlp.yaml 'slurm.per_city={0: {mem: 32G}}' --via submitit\n"

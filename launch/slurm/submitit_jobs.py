@@ -12,10 +12,13 @@ travels in the task's pickle, and the rank runs `crosscity train RUN_DIR` like t
 Preemption: Slurm sends train.requeue_signal (our --signal replaces submitit's USR2). submitit's own
 handler for it would checkpoint a Checkpointable from rank 0 alone at any instant and requeue; here it
 is replaced: the job exports SUBMITIT_PREEMPT_SIGNAL=<the same signal> and the trainer installs its
-handler after submitit's, so every rank of every city checkpoints at one agreed step. The preempted
-city's ranks exit EXIT_REQUEUE (no result pickle), and the batch script's teardown requeues only that
-array task with slurm/city.sbatch's own requeue lines. submitit's SIGTERM bypass stays: a preemption's
-SIGTERM does not kill the ranks before the requeue signal; `scancel` still ends them after KillWait.
+handler after submitit's, so every rank of the preempted city checkpoints at one agreed step. Its
+ranks exit EXIT_REQUEUE (no result pickle), and the batch script's teardown requeues only that array
+task with slurm/city.sbatch's own requeue lines; the other cities train on. The city's rendezvous file
+comes from the same template (its `### city:` lines); jobs.json records each task's submission script
+and pickle, with which the coordinator job resubmits a task Slurm will not requeue. submitit's
+SIGTERM bypass stays: a preemption's SIGTERM does not kill the ranks before the requeue signal;
+`scancel` still ends them after KillWait.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def city_parameters(cfg: Config, run_dir: Path, array: CityArray) -> dict[str, A
         # slurm/city.sbatch's requeue piece before srun, and its call after: one teardown for both paths
         "setup": [
             f"export SUBMITIT_PREEMPT_SIGNAL={cfg.train.requeue_signal} EXIT_REQUEUE={EXIT_REQUEUE}",
+            f"RUN_DIR={shlex.quote(str(run_dir))} CROSSCITY_ARRAY_CITIES={','.join(map(str, array.cities))}",
             *template_section("city.sbatch", "requeue"),
+            *template_section("city.sbatch", "city"),  # the city's rendezvous file for this start
         ],
         "teardown": ["requeue_or_exit $?"],
         "additional_parameters": _as_parameters(city_directives(cfg, array)),
@@ -192,7 +197,10 @@ def submit_run(
             cities.update(zip(array.cities, jobs, strict=True))
             tasks = [(job.job_id, job.paths.stdout) for job in jobs]
             array_id = jobs[0].job_id.split("_")[0]
-            record_array(record, run_dir, array_id, array.cities, cfg.topology.ranks_per_city, tasks)
+            pickles = [job.paths.submitted_pickle for job in jobs]
+            script = jobs[0].paths.submission_file
+            ranks = cfg.topology.ranks_per_city
+            record_array(record, run_dir, array_id, array.cities, ranks, tasks, script, pickles)
     except RuntimeError as exc:  # what submitit raises: no srun here, sbatch refused a job
         raise SubmitError(f"submitit: {exc}") from None
     return RunJobs(run_dir, coordinator, [cities[c] for c in sorted(cities)], record)
