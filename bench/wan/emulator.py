@@ -258,6 +258,12 @@ class WanEmulator:
             err = self._daemon.stderr.read().strip() if self._daemon.stderr else ""
             raise WanEmulatorError(f"delay daemon did not start (exit {self._daemon.returncode}): {err}")
 
+    def set_link(self, city: int, up: bool) -> None:
+        """Cut a city off the WAN (its bridge port down: nothing in or out, its ranks and their
+        loopback LAN keep running) or restore it; the port keeps its shaping."""
+        self._check_city(city)
+        _run(["ip", "link", "set", self._host_veth(city), "up" if up else "down"])
+
     # ------------------------------------------------------------ measurement
     def wire_bytes(self) -> list[int]:
         """IP bytes each city has sent into the WAN (to other cities and to the hub; headers and ACKs
