@@ -82,6 +82,7 @@ class Coordinator:
         self.started = False  # the run's first start gate opened (persisted)
         self.registered_here: set[int] = set()  # cities that registered with this coordinator process
         self.first_here: float | None = None  # ... and when the first of them did
+        self.heartbeating: set[int] = set()  # cities past the start gate of this process: the run is on
         self.state_generation = 0
         self.was_live: set[int] = set()  # for the live/silent events
         self.secure = not cfg.security.insecure
@@ -261,6 +262,7 @@ class Coordinator:
             if city not in self.members.cities or self.members.cities[city].state in ("left", "finished"):
                 raise RequestError(f"city {city} is not registered: register again")
             self.members.seen(city, self.clock(), msg.fields["step"], msg.fields["state"])
+            self.heartbeating.add(city)
         return Message(p.OK)
 
     def _leave(self, city: int, rank: int, msg: Message) -> Message:
@@ -317,6 +319,8 @@ class Coordinator:
     def _gate_open(self) -> bool:
         if not self.globals:
             return False
+        if self.heartbeating:  # cities train with this process (it was restarted mid-run): join them
+            return True
         unfinished = {
             c
             for c in range(self.cities)
