@@ -32,6 +32,7 @@ COMMON = [
     "train.max_val_windows=0",
 ]
 
+
 def honest_rmse(run_dir: Path, cfg) -> float:
     summary = write_summary(run_dir, cfg)
     assert summary is not None and [c["name"] for c in summary["cities"]] == HONEST
