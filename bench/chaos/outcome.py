@@ -247,3 +247,17 @@ def nearest_rank(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class ChaosRun:
+    label: str
+    exit_code: int
+    seconds: float  # the whole run, process start to exit
+    faults: list[Fault] = field(default_factory=list)
+    results: list[FaultResult] = field(default_factory=list)
+    stats: RunStats | None = None
+    wire_bytes: list[int] = field(default_factory=list)
+    hub_bytes: int = 0
+    started: float | None = None  # epoch seconds of the start gate: the plan's zero
+    load: list[float] = field(default_factory=list)  # the host's 1-min load average, sampled

@@ -12,16 +12,13 @@ import os
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crosscity.bench.chaos.faults import KINDS
-from crosscity.bench.chaos.outcome import FaultResult, nearest_rank
+from crosscity.bench.chaos.outcome import ChaosRun, FaultResult, nearest_rank
 from crosscity.bench.wan.results_report import machine, mb
 from crosscity.config import load_config
 from crosscity.core.atomic_io import atomic_write_text
-
-if TYPE_CHECKING:
-    from crosscity.bench.chaos.run_bench import ChaosRun
 
 GOODPUT_GOAL, RMSE_GOAL = 0.90, 0.01
 

@@ -21,12 +21,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from crosscity.bench.chaos.faults import Fault, Injector, PlanShape, plan_faults
-from crosscity.bench.chaos.outcome import FaultResult, RunStats, analyse
+from crosscity.bench.chaos.outcome import ChaosRun, analyse
 from crosscity.bench.chaos.results_report import write_results
 from crosscity.bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
 from crosscity.bench.wan.emulator import WanEmulator
@@ -49,20 +48,6 @@ METHOD = ["wan.algorithm=streaming", "wan.codec=int4", "wan.error_feedback=true"
 # every 50 steps (~5 s here) bounds what a kill loses; validation every 500 steps.
 SETTINGS = ["train.checkpoint_every=50", "train.eval_every=500", "train.log_every=1"]
 PROGRESS_S = 20.0
-
-
-@dataclass
-class ChaosRun:
-    label: str
-    exit_code: int
-    seconds: float  # the whole run, process start to exit
-    faults: list[Fault] = field(default_factory=list)
-    results: list[FaultResult] = field(default_factory=list)
-    stats: RunStats | None = None
-    wire_bytes: list[int] = field(default_factory=list)
-    hub_bytes: int = 0
-    started: float | None = None  # epoch seconds of the start gate: the plan's zero
-    load: list[float] = field(default_factory=list)  # the host's 1-min load average, sampled
 
 
 def run_chaos(

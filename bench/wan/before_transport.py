@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # results_report imports this module
-    from crosscity.bench.wan.results_report import BenchRun
+from crosscity.bench.wan.run_outcome import BenchRun
 
 BEFORE = Path(__file__).with_name("results_before_transport.md")
 

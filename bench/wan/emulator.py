@@ -118,6 +118,11 @@ class WanEmulator:
     def hub_netns(self) -> str:
         return f"{self.prefix}hub"
 
+    @property
+    def hub_port(self) -> str:
+        """The hub's bridge port (host side): every packet between a city and the coordinator."""
+        return self._host_veth("hub")
+
     def exec_prefix(self, city: int) -> list[str]:
         return ["ip", "netns", "exec", self.netns(city)]
 

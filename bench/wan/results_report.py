@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -18,16 +17,8 @@ import torch
 
 from crosscity.bench.wan.before_transport import before_text, side_by_side
 from crosscity.bench.wan.link_probe import LinkReport
-from crosscity.bench.wan.run_outcome import RunOutcome
+from crosscity.bench.wan.run_outcome import BenchRun
 from crosscity.core.atomic_io import atomic_write_text
-
-
-@dataclass
-class BenchRun:
-    method: str
-    rate_mbit: float
-    outcome: RunOutcome
-    sweep: bool = False  # a rate-sweep run (--sweep-steps), not a row of the main table
 
 
 def mb(n: float | None) -> str:

@@ -24,8 +24,8 @@ from crosscity.bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
 from crosscity.bench.wan.emulator import WanEmulator
 from crosscity.bench.wan.link_probe import LinkReport, probe
 from crosscity.bench.wan.on_hub import start_on_hub
-from crosscity.bench.wan.results_report import BenchRun, mb, write_results
-from crosscity.bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome
+from crosscity.bench.wan.results_report import mb, write_results
+from crosscity.bench.wan.run_outcome import BENCH_FILE, BenchRun, RunOutcome, read_outcome
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.launch.run_dir import resolve_run
 

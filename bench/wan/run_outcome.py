@@ -149,3 +149,11 @@ def read_outcome(run_dir: Path) -> RunOutcome:
         own_compute=own,
         wan_rounds=summary["wan_rounds"],
     )
+
+
+@dataclass
+class BenchRun:
+    method: str
+    rate_mbit: float
+    outcome: RunOutcome
+    sweep: bool = False  # a rate-sweep run (--sweep-steps), not a row of the main table

@@ -80,6 +80,7 @@ class LocalLauncher:
     cfg: Config
     store_host: str = "127.0.0.1"  # where the coordinator (or the baselines' store) listens
     city_prefix: Callable[[int], list[str]] | None = None  # e.g. `ip netns exec ccN` for the WAN bench
+    coordinator_prefix: list[str] = field(default_factory=list)  # e.g. `ip netns exec cchub`
     city_env: Callable[[int], dict[str, str]] | None = None
     echo: bool = True
     only: list[int] | None = None  # start these cities alone (the others run elsewhere and join)
@@ -223,6 +224,7 @@ class FederatedLauncher:
         (self.l.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         log = (self.l.run_dir / "logs" / "coordinator.log").open("ab")
         cmd = [
+            *self.l.coordinator_prefix,
             sys.executable,
             "-m",
             "crosscity",

@@ -74,12 +74,13 @@ def attacked(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> d
         WanEmulator(3, 50.0, 10.0, prefix=PREFIX, subnet=SUBNET, queue=QUEUE) as wan,
         Counters(wan) as counters,
     ):
-        capture = Capture(wan.bridge)
+        capture = Capture(wan.hub_port)  # bridged traffic is seen on the ports, not on the bridge
         launcher = LocalLauncher(
             run_dir,
             cfg,
             store_host=wan.coordinator_addr,
             city_prefix=wan.exec_prefix,
+            coordinator_prefix=["ip", "netns", "exec", wan.hub_netns],
             city_env=lambda city: {"GLOO_SOCKET_IFNAME": "lo"},  # a city's ranks share its namespace
             echo=False,
         )
@@ -120,15 +121,18 @@ def attacked(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> d
 
 
 class Counters:
-    """iptables byte counters of the TCP traffic between each city and the coordinator (host side)."""
+    """iptables byte counters of the TCP traffic between each city and the coordinator, counted in the
+    hub's namespace (where the coordinator runs: its INPUT and OUTPUT see exactly that traffic)."""
 
     CHAIN = "CROSSCITY-CCS-LOC"
 
     def __init__(self, wan: WanEmulator) -> None:
         self.pairs = {(c, d): (wan.addr(c), wan.coordinator_addr) for c in (0, 1) for d in ("up", "down")}
+        self.netns = wan.hub_netns
 
     def _ipt(self, *args: str, check: bool = True) -> str:
-        return subprocess.run(["iptables", *args], capture_output=True, text=True, check=check).stdout
+        cmd = ["ip", "netns", "exec", self.netns, "iptables", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout
 
     def __enter__(self) -> Counters:
         self._ipt("-N", self.CHAIN)
