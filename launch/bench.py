@@ -10,6 +10,7 @@ BENCHES = {
     "wan": "crosscity.bench.wan.run_bench",
     "data": "crosscity.bench.data.run_bench",
     "monitor": "crosscity.bench.monitor.overhead",
+    "quality": "crosscity.bench.quality.run_bench",
 }
 USAGE = f"usage: crosscity bench {{{','.join(BENCHES)}}} [options]   (each has --help)"
 

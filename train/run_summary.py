@@ -18,22 +18,41 @@ from crosscity.train.observe.metrics_log import read_records
 from crosscity.train.wan.collectives import world_ring_bytes
 
 
+def new_hours_metrics(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """RMSE on the hours appended since the init_from run, before (its model) and after this run."""
+    entries = [e for e in entries if e["before"]["n_windows"] > 0]
+    if not entries:
+        return None
+    return {when: pool_metrics([e[when] for e in entries]) for when in ("before", "after")}
+
+
 def write_summary(
-    run_dir: Path, cfg: Config, gathered: list[dict[str, Any]], model: nn.Module, wall_s: float
+    run_dir: Path,
+    cfg: Config,
+    gathered: list[dict[str, Any]],
+    model: nn.Module,
+    wall_s: float,
+    final_model: dict[str, Any] | None = None,
 ) -> dict:
-    """`gathered` holds one entry per rank; local rank 0 of each city carries that city's eval sums."""
+    """`gathered` holds one entry per rank; local rank 0 of each city carries that city's eval sums
+    (of the final model), the dataset version it trained on and, with init_from, its new-hours sums.
+    `final_model` says which step's model final/model.pt holds and why."""
+    leads = sorted((g for g in gathered if g["sums"] is not None), key=lambda g: g["city"])
     cities = []
-    for entry in sorted((g for g in gathered if g["sums"] is not None), key=lambda g: g["city"]):
+    for entry in leads:
         samples = sum(g["samples"] for g in gathered if g["city"] == entry["city"])
+        new_hours = new_hours_metrics([entry["new_hours"]]) if "new_hours" in entry else None
         cities.append(
             {
                 "city": entry["city"],
                 "name": entry["name"],
                 "samples": samples,
                 **{f"val_{k}": v for k, v in pool_metrics([entry["sums"]]).items()},
+                "dataset": entry.get("dataset"),
+                **({"new_hours": new_hours} if new_hours else {}),
             }
         )
-    overall = pool_metrics([g["sums"] for g in gathered if g["sums"] is not None])
+    overall = pool_metrics([g["sums"] for g in leads])
     wan = read_records(run_dir, "wan")
     sent = sum(r["bytes_sent"] for r in wan)
     n_params = sum(p.numel() for p in model.parameters())
@@ -52,7 +71,12 @@ def write_summary(
         "steps": cfg.train.steps,
         "algorithm": cfg.wan.algorithm,
         "codec": cfg.wan.codec,
+        "final_model": final_model,
+        "dataset": {g["name"]: g.get("dataset") for g in leads},
     }
+    new_hours = new_hours_metrics([g["new_hours"] for g in leads if "new_hours" in g])
+    if new_hours:
+        summary["new_hours"] = new_hours
     atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     final = Path(run_dir) / "final" / "model.pt"
     state = {"model": model.state_dict(), "config": to_dict(cfg)}

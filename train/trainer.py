@@ -7,10 +7,12 @@ rendezvous generation, resuming from their checkpoints once the requeued city is
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from crosscity.config.schema import Config, load_config
 from crosscity.data_prep.verify import full_check, quick_check
+from crosscity.train.best_model import BestModel
 from crosscity.train.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -39,11 +43,19 @@ from crosscity.train.distributed.rendezvous import (
     generation_store,
 )
 from crosscity.train.distributed.topology import Topology
-from crosscity.train.evaluate import evaluate, pool_metrics
+from crosscity.train.evaluate import evaluate, pool_metrics, score, window_options
+from crosscity.train.init_from import (
+    load_init_model,
+    load_outer_state,
+    previous_span_end,
+    trained_on,
+    windows_after,
+)
 from crosscity.train.models import build_model
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.straggler import StragglerDetector
 from crosscity.train.observe.telemetry import start_telemetry
+from crosscity.train.optim import build_optimizer, build_schedule, proximal_term
 from crosscity.train.run_summary import write_summary
 from crosscity.train.wan.registry import build_sync
 from crosscity.train.wan.sync import InterCitySync, WanRound
@@ -126,15 +138,8 @@ class Trainer:
             full_check(city_dir)  # one rank hashes; the others check sizes and versions
         elif cfg.data.verify != "off":
             quick_check(city_dir)
-        d = cfg.data
-        window = {
-            "past": d.past_hours,
-            "horizon": d.horizon_hours,
-            "target": d.target,
-            "max_missing": d.max_missing,
-            "stats": d.stats,
-            "fill_hours": None if d.fill_hours < 0 else d.fill_hours,
-        }
+        window = window_options(cfg.data)
+        self.city_dir, self.window = city_dir, window
         self.train_ds = CityWindows(city_dir, split="train", **window)
         self.val_ds = CityWindows(city_dir, split="val", **window)
         data_seed = cfg.train.seed * 1_000_003 + topo.city
@@ -150,11 +155,25 @@ class Trainer:
         self.model = build_model(
             cfg.model, cfg.data.past_hours, self.train_ds.n_inputs, cfg.data.horizon_hours
         ).to(self.device)
-        self.optimizer = self._build_optimizer()
+        self.init_from = Path(cfg.train.init_from) if cfg.train.init_from else None
+        if self.init_from:
+            load_init_model(self.model, self.init_from)  # before the sync copies it as the global model
+        self.init_params = parameters_to_vector(self.model.parameters()).detach().clone()
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.schedule = build_schedule(cfg.optim, self.optimizer, cfg.train.steps)
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
         self.sync: InterCitySync = build_sync(cfg, self.model, self.optimizer, topo, self.groups, self.device)
         self.state = RankState()
+        self.best = BestModel(cfg.train.patience, cfg.train.min_delta)
+        self.best_params: torch.Tensor | None = None  # the global model of the best evaluation so far
+        self.best_sums: dict[str, float] | None = None  # and this city's validation sums for it
+        self.last_sums: dict[str, float] = {}  # this city's sums of the latest validation pass
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
+        if self.init_from:
+            outer = load_outer_state(self.sync, cfg, self.init_from)
+            self.log.write(
+                "event", event="init_from", message=f"model from {self.init_from}; outer state: {outer}"
+            )
         # Who this rank sums gradients with: with Horovod, proof that its world is the city alone.
         reducer = self.sync.reducer
         self.log.write("lan", backend=cfg.lan.backend, lan_rank=reducer.rank, lan_size=reducer.size)
@@ -165,14 +184,6 @@ class Trainer:
         )
         self.telemetry = start_telemetry(cfg, run_dir, topo, self.device, self.log)
         self._resume()
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        if o.name == "sgd":
-            return torch.optim.SGD(
-                self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-            )
-        return torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -185,6 +196,9 @@ class Trainer:
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.best.load_state_dict(state["best"]["tracker"])
+        self.best_params, self.best_sums = state["best"]["params"], state["best"]["sums"]
         self.sync.load_state_dict(state["sync"])
         self.batches.load_state_dict(state["batches"])
         self.state = RankState(**state["rank"])
@@ -200,6 +214,12 @@ class Trainer:
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "best": {
+                    "tracker": self.best.state_dict(),
+                    "params": self.best_params,
+                    "sums": self.best_sums,
+                },
                 "sync": self.sync.state_dict(),
                 "batches": self.batches.state_dict(),
                 "rank": vars(self.state).copy(),
@@ -216,13 +236,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         pred = self.model(x)
         loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
-        loss.backward()
+        objective = loss
+        if self.cfg.wan.prox_mu > 0:
+            objective = loss + proximal_term(self.model, self.sync.global_params(), self.cfg.wan.prox_mu)
+        objective.backward()
         t2 = time.perf_counter()
         (votes,) = self.sync.sum_gradients([float(self.stop.raised)])
         t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
+        self.schedule.step()
         t4 = time.perf_counter()
         self.state.step += 1
         self.state.samples += len(x)
@@ -257,17 +281,31 @@ class Trainer:
             **r.extra,
         )
 
+    @contextlib.contextmanager
+    def _params(self, flat: torch.Tensor) -> Iterator[None]:
+        """The model with these parameters for the duration of the block, then its own again."""
+        own = parameters_to_vector(self.model.parameters()).detach().clone()
+        with torch.no_grad():
+            vector_to_parameters(flat.clone(), self.model.parameters())
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                vector_to_parameters(own, self.model.parameters())
+
     def evaluate_city(self) -> dict[str, float]:
-        """Each rank of the city scores 1/R of the validation windows and the sums meet over the LAN:
-        a pass takes 1/R of the time and no rank idles in the next all-reduce meanwhile."""
+        """Scores the global model (the sync's copy of the last round). Each rank of the city scores 1/R
+        of the validation windows and the sums meet over the LAN: a pass takes 1/R of the time and no
+        rank idles in the next all-reduce meanwhile."""
         start = time.perf_counter()
-        sums = evaluate(
-            self.model,
-            self.val_ds,
-            max_windows=self.cfg.train.max_val_windows,
-            part=self.topo.local_rank,
-            parts=self.topo.ranks_per_city,
-        )
+        with self._params(self.sync.global_params()):
+            sums = evaluate(
+                self.model,
+                self.val_ds,
+                max_windows=self.cfg.train.max_val_windows,
+                part=self.topo.local_rank,
+                parts=self.topo.ranks_per_city,
+            )
         if self.topo.ranks_per_city > 1:
             keys = sorted(sums)
             total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
@@ -302,9 +340,48 @@ class Trainer:
                 return self._stop_for_requeue(leaving)
             if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
                 self.save()
-            if cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0:
-                self.evaluate_city()
+            last = self.state.step == cfg.train.steps  # _finish evaluates the final model
+            due = cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0 and not last
+            if due and self.validate():
+                self.log.write("event", event="early_stop", message=f"stopped at step {self.state.step}")
+                break
         return self._finish(time.perf_counter() - t_start)
+
+    def validate(self) -> bool:
+        """A validation pass that may select this model as the best one; True: stop early."""
+        sums = self.last_sums = self.evaluate_city()
+        world = self.pooled_validation(sums)
+        pooled = pool_metrics([world])
+        decision = self.best.update(self.state.step, pooled["rmse"])
+        if decision.improved:
+            self.best_params, self.best_sums = self.sync.global_params().clone(), sums
+        if self.topo.global_rank == 0:
+            best = {"best_step": self.best.best_step, "best_rmse": self.best.best_rmse}
+            self.log.write("val_pooled", **pooled, sums=world, **best)
+        return decision.stop
+
+    def _new_hours(self) -> dict[str, Any]:
+        """With train.init_from: this city's test windows that end after the previous run's data, scored
+        by the initial and the final model (local rank 0; a small set)."""
+        end = previous_span_end(self.init_from, self.city_name) if self.init_from else None
+        if end is None or self.topo.local_rank != 0:
+            return {}
+        test = CityWindows(self.city_dir, split="test", **self.window)
+        windows = windows_after(test, end)
+        with self._params(self.init_params):
+            before = score(self.model, test, windows=windows).totals()
+        after = score(self.model, test, windows=windows).totals()
+        return {"new_hours": {"after_time": end, "before": before, "after": after}}
+
+    def pooled_validation(self, city_sums: dict[str, float]) -> dict[str, float]:
+        """The validation sums of all cities, the same on every rank (so every rank takes the same
+        best-model and early-stopping decision): one small all-reduce over the world, local rank 0 of
+        each city contributing its city's sums. The one exchange of validation results."""
+        keys = sorted(city_sums)
+        mine = [city_sums[k] if self.topo.local_rank == 0 else 0.0 for k in keys]
+        total = torch.tensor(mine, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, group=self.groups.world)
+        return dict(zip(keys, total.tolist(), strict=True))
 
     def close(self) -> None:
         self.sync.close()
@@ -320,6 +397,7 @@ class Trainer:
             samples=self.state.samples,
             samples_per_s=self.interval.samples / max(self.interval.totals["t_step"], 1e-9),
             steps=self.interval.steps,
+            lr=self.schedule.get_last_lr()[0],
             **means,
         )
         if self.topo.ranks_per_city > 1:
@@ -352,16 +430,35 @@ class Trainer:
         if final is not None:
             self._log_round(final)
         self.log.step = self.state.step
-        sums = self.evaluate_city()
+        self.validate()
+        self.save()  # the end of the trajectory, before the model may be replaced by the best one
+        step, sums = self.state.step, self.last_sums
+        if self.cfg.train.final_model == "best" and self.best_params is not None:
+            step, sums = self.best.best_step, self.best_sums
+            with torch.no_grad():
+                vector_to_parameters(self.best_params.clone(), self.model.parameters())
+        city = {"dataset": trained_on(self.train_ds), **self._new_hours()}
         gathered: list[Any] = [None] * self.topo.world_size
         mine = sums if self.topo.local_rank == 0 else None  # one entry per city
         dist.all_gather_object(
             gathered,
-            {"city": self.topo.city, "name": self.city_name, "samples": self.state.samples, "sums": mine},
+            {
+                "city": self.topo.city,
+                "name": self.city_name,
+                "samples": self.state.samples,
+                "sums": mine,
+                **city,
+            },
         )
-        self.save()
         if self.topo.global_rank == 0:
-            write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s)
+            chosen = {
+                "step": step,
+                "selected_by": self.cfg.train.final_model,
+                "last_step": self.state.step,
+                "stopped_early": self.state.step < self.cfg.train.steps,
+                "init_from": str(self.init_from or ""),
+            }
+            write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s, final_model=chosen)
         dist.barrier(group=self.groups.world)
         self.close()
         destroy_groups()

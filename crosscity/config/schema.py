@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["mlp", "gru"] = "mlp"
+    kind: Literal["mlp", "gru", "tcn"] = "mlp"  # tcn: causal dilated convolutions over the window
     hidden: int = 128
     layers: int = 2
     dropout: float = 0.0
@@ -51,6 +51,9 @@ class OptimConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0 = off
+    schedule: Literal["constant", "cosine"] = "constant"  # per inner step, after the warm-up
+    warmup_steps: int = 0  # linear learning-rate warm-up from lr/warmup_steps to lr
+    min_lr_ratio: float = 0.0  # cosine: the floor reached at train.steps, as a fraction of optim.lr
 
 
 @dataclass
@@ -97,6 +100,7 @@ class WanConfig:
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "average", "reset"] = "keep"
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
+    prox_mu: float = 0.0  # FedProx: + mu/2 ||w - w_round||^2 on the inner loss (average, diloco, streaming)
 
 
 @dataclass
@@ -116,6 +120,10 @@ class TrainConfig:
     run_dir: str = "runs/latest"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_val_windows: int = 0  # cap validation windows per city (0 = all), for quick runs
+    final_model: Literal["best", "last"] = "best"  # final/model.pt: lowest pooled val RMSE, or the last
+    patience: int = 0  # early stopping: evaluations without improvement before stopping (0 = off)
+    min_delta: float = 0.0  # ug/m3 the pooled val RMSE must drop by to count as an improvement
+    init_from: str = ""  # RUN_DIR of a finished run: start from its final model (docs/model_quality.md)
 
 
 @dataclass
@@ -283,6 +291,10 @@ class Config:
             "optim.lr": self.optim.lr,
             "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip,
+            "optim.warmup_steps": self.optim.warmup_steps,
+            "wan.prox_mu": self.wan.prox_mu,
+            "train.patience": self.train.patience,
+            "train.min_delta": self.train.min_delta,
             "monitor.gpu_interval_s": self.monitor.gpu_interval_s,
         }
         for key, value in non_negative.items():
@@ -327,9 +339,51 @@ class Config:
                 f"wan.overlap_steps={self.wan.overlap_steps}: must be < wan.sync_every={self.wan.sync_every} "
                 "(a fragment's exchange must land before its next round)"
             )
+        self._check_quality_keys()
         if self.data.cities and len(self.data.cities) != self.topology.cities:
             raise ConfigError(
                 f"data.cities lists {len(self.data.cities)} cities but topology.cities={self.topology.cities}"
+            )
+
+    def _check_quality_keys(self) -> None:
+        """The recipe keys of docs/model_quality.md: schedule, FedProx, early stopping, init_from."""
+        if not 0 <= self.optim.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio={self.optim.min_lr_ratio}: allowed [0, 1]")
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ConfigError(
+                f"optim.warmup_steps={self.optim.warmup_steps}: must be < train.steps={self.train.steps}"
+            )
+        if self.wan.prox_mu > 0 and self.wan.algorithm not in ("average", "diloco", "streaming"):
+            raise ConfigError(
+                f"wan.prox_mu={self.wan.prox_mu} with wan.algorithm={self.wan.algorithm!r}: FedProx needs "
+                "a global model held between rounds: average, diloco or streaming"
+            )
+        if self.train.patience and not self.train.eval_every:
+            raise ConfigError(
+                f"train.patience={self.train.patience} needs validation passes: set train.eval_every > 0"
+            )
+        if self.train.init_from:
+            check_init_from(self, Path(self.train.init_from))
+
+
+def check_init_from(cfg: Config, source: Path) -> None:
+    """train.init_from must name a finished run whose model has the shape this config builds."""
+    key = f"train.init_from={source}"
+    if not (source / "final" / "model.pt").is_file() or not (source / "config.yaml").is_file():
+        raise ConfigError(f"{key}: no final/model.pt and config.yaml there (not a finished run directory)")
+    try:
+        before = yaml.safe_load((source / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: its config.yaml is not valid YAML ({exc})") from None
+    mine = to_dict(cfg)
+    shape = [("model", k) for k in ("kind", "hidden", "layers")]
+    shape += [("data", k) for k in ("past_hours", "horizon_hours", "target")]
+    for section, name in shape:
+        then = (before.get(section) or {}).get(name)
+        if then != mine[section][name]:
+            raise ConfigError(
+                f"{key}: that run has {section}.{name}={then!r}, this one {mine[section][name]!r}; "
+                "the model must have the same shape"
             )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
 
@@ -27,6 +29,9 @@ class AverageSync(InterCitySync):
         self._set_params(self.consensus.clone())
         moved = moved + self._sync_optimizer_state(weight)
         return self._record(moved, time.perf_counter() - start)
+
+    def global_params(self) -> torch.Tensor:
+        return self.consensus
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "consensus": self.consensus.clone()}

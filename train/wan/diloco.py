@@ -37,6 +37,9 @@ class DiLoCoSync(InterCitySync):
         moved = moved + self._sync_optimizer_state(weight)
         return self._record(moved, time.perf_counter() - start, pseudo_grad_norm=float(mean.norm()))
 
+    def global_params(self) -> torch.Tensor:
+        return self.anchor.detach()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),

@@ -209,6 +209,10 @@ class StreamingSync(InterCitySync):
             moved = moved + moved_f
         return self._fragment_round(moved, time.perf_counter() - start, None)
 
+    def global_params(self) -> torch.Tensor:
+        """Each fragment's global value at its own last round."""
+        return torch.cat([a.detach() for a in self.anchors])
+
     # ------------------------------------------------------------------ checkpoint
 
     def state_dict(self) -> dict[str, Any]:

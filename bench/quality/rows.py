@@ -1,0 +1,62 @@
+"""The rows of the quality benchmark: how the same recipe and sample budget is laid out over cities.
+
+- pooled: every station in one city, topology.cities x ranks_per_city ranks (the same total batch):
+  what a federated system tries to reach;
+- per-city: each city alone with its own ranks (same per-rank batch and steps): what a city gets
+  without cooperating;
+- federated rows: the cities together, one row per method; a row is nothing but config overrides,
+  so methods that land later (SCAFFOLD, FedAdam, ...) join with `--row NAME KEY=VALUE ...`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PROX_MU = 0.01  # FedProx's mu for the fedprox rows (docs/model_quality.md: how it was chosen)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    layout: Literal["pooled", "per_city", "federated"]
+    overrides: tuple[str, ...] = ()
+
+
+POOLED = Row("pooled", "pooled", ("wan.algorithm=flat",))
+PER_CITY = Row("per-city", "per_city", ("wan.algorithm=flat",))
+# The WAN bench's recommendations (bench/wan/RESULTS.md): diloco with int8 (the demo's codec) and
+# streaming with int4 + error feedback (its best method); merge=fixed keeps streaming deterministic.
+FEDERATED = {
+    "average": ("wan.algorithm=average",),
+    "diloco": ("wan.algorithm=diloco",),
+    "diloco+int8+ef": ("wan.algorithm=diloco", "wan.codec=int8", "wan.error_feedback=true"),
+    "streaming+int4+ef": (
+        "wan.algorithm=streaming",
+        "wan.codec=int4",
+        "wan.error_feedback=true",
+        "wan.merge=fixed",
+    ),
+    "fedprox": ("wan.algorithm=average", f"wan.prox_mu={PROX_MU}"),
+    "diloco+fedprox": ("wan.algorithm=diloco", f"wan.prox_mu={PROX_MU}"),
+}
+ROWS = {
+    "standard": [POOLED, PER_CITY, *(Row(n, "federated", o) for n, o in FEDERATED.items())],
+    "hard": [
+        POOLED,
+        PER_CITY,
+        *(Row(n, "federated", FEDERATED[n]) for n in ("average", "diloco", "fedprox", "diloco+fedprox")),
+    ],
+    "quick": [POOLED, PER_CITY, *(Row(n, "federated", FEDERATED[n]) for n in ("average", "fedprox"))],
+}
+
+
+def extra_row(spec: list[str]) -> Row:
+    """`--row NAME KEY=VALUE ...`: one more federated row."""
+    name, *overrides = spec
+    bad = [o for o in overrides if "=" not in o]
+    if not overrides or bad:
+        raise ValueError(
+            f"--row {' '.join(spec)}: expected NAME KEY=VALUE ..., e.g. --row fedadam wan.algorithm=fedadam"
+        )
+    return Row(name, "federated", tuple(overrides))
