@@ -21,7 +21,8 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
 
 def lr_factor(index: int, total: int, schedule: str, warmup: int, floor: float) -> float:
     """Multiplier of optim.lr for the inner step with 0-based `index` of `total`: linear warm-up over
-    the first `warmup` steps, then constant or a half cosine from 1 down to `floor` at the last step."""
+    the first `warmup` steps (a warm-up longer than the run just never reaches lr), then constant or
+    a half cosine from 1 down to `floor` at the last step."""
     if index < warmup:
         return (index + 1) / warmup
     if schedule == "constant":

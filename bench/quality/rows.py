@@ -26,26 +26,26 @@ class Row:
 POOLED = Row("pooled", "pooled", ("wan.algorithm=flat",))
 PER_CITY = Row("per-city", "per_city", ("wan.algorithm=flat",))
 # The WAN bench's recommendations (bench/wan/RESULTS.md): diloco with int8 (the demo's codec) and
-# streaming with int4 + error feedback (its best method); merge=fixed keeps streaming deterministic.
+# streaming with int4 + error feedback on 2 fragments (its best method); merge=fixed (at start + tau)
+# instead of its when_ready keeps streaming deterministic.
 FEDERATED = {
     "average": ("wan.algorithm=average",),
-    "diloco": ("wan.algorithm=diloco",),
     "diloco+int8+ef": ("wan.algorithm=diloco", "wan.codec=int8", "wan.error_feedback=true"),
     "streaming+int4+ef": (
         "wan.algorithm=streaming",
         "wan.codec=int4",
         "wan.error_feedback=true",
+        "wan.fragments=2",
         "wan.merge=fixed",
     ),
     "fedprox": ("wan.algorithm=average", f"wan.prox_mu={PROX_MU}"),
-    "diloco+fedprox": ("wan.algorithm=diloco", f"wan.prox_mu={PROX_MU}"),
 }
 ROWS = {
     "standard": [POOLED, PER_CITY, *(Row(n, "federated", o) for n, o in FEDERATED.items())],
     "hard": [
         POOLED,
         PER_CITY,
-        *(Row(n, "federated", FEDERATED[n]) for n in ("average", "diloco", "fedprox", "diloco+fedprox")),
+        *(Row(n, "federated", FEDERATED[n]) for n in ("average", "diloco+int8+ef", "fedprox")),
     ],
     "quick": [POOLED, PER_CITY, *(Row(n, "federated", FEDERATED[n]) for n in ("average", "fedprox"))],
 }

@@ -349,10 +349,6 @@ class Config:
         """The recipe keys of docs/model_quality.md: schedule, FedProx, early stopping, init_from."""
         if not 0 <= self.optim.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio={self.optim.min_lr_ratio}: allowed [0, 1]")
-        if self.optim.warmup_steps >= self.train.steps:
-            raise ConfigError(
-                f"optim.warmup_steps={self.optim.warmup_steps}: must be < train.steps={self.train.steps}"
-            )
         if self.wan.prox_mu > 0 and self.wan.algorithm not in ("average", "diloco", "streaming"):
             raise ConfigError(
                 f"wan.prox_mu={self.wan.prox_mu} with wan.algorithm={self.wan.algorithm!r}: FedProx needs "
