@@ -109,18 +109,6 @@ def score(
     return Scores([names[s] for s in dataset.stations], sums.numpy(), counted)
 
 
-def evaluate(
-    model: nn.Module,
-    dataset: CityWindows,
-    batch_size: int = 512,
-    max_windows: int = 0,
-    part: int = 0,
-    parts: int = 1,
-) -> dict[str, float]:
-    """The flat sums of `score`: what a validation pass of the trainer logs and all-reduces."""
-    return score(model, dataset, batch_size, max_windows, part, parts).totals()
-
-
 def pool_metrics(sums: list[dict[str, float]]) -> dict[str, float]:
     """RMSE/MAE from one or several cities' sums."""
     total = {k: sum(s[k] for s in sums) for k in sums[0]}

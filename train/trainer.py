@@ -43,7 +43,7 @@ from crosscity.train.distributed.rendezvous import (
     generation_store,
 )
 from crosscity.train.distributed.topology import Topology
-from crosscity.train.evaluate import evaluate, pool_metrics, score, window_options
+from crosscity.train.evaluate import pool_metrics, score, window_options
 from crosscity.train.init_from import (
     load_init_model,
     load_outer_state,
@@ -299,13 +299,13 @@ class Trainer:
         rank idles in the next all-reduce meanwhile."""
         start = time.perf_counter()
         with self._params(self.sync.global_params()):
-            sums = evaluate(
+            sums = score(
                 self.model,
                 self.val_ds,
                 max_windows=self.cfg.train.max_val_windows,
                 part=self.topo.local_rank,
                 parts=self.topo.ranks_per_city,
-            )
+            ).totals()
         if self.topo.ranks_per_city > 1:
             keys = sorted(sums)
             total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)

@@ -38,7 +38,8 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     run = root / "first"
     r = crosscity("run", str(CONFIG), f"data.dir={data}", *COMMON, "train.steps=50", f"train.run_dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert prep(["append", "--data", str(data), "--quiet", *map(str, small_inputs(root, 500, start=1500))]) == 0
+    later = small_inputs(root, 500, start=1500)
+    assert prep(["append", "--data", str(data), "--quiet", *map(str, later)]) == 0
     return data, run
 
 
@@ -49,7 +50,9 @@ def _continue(data: Path, first: Path, out: Path, *overrides: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_init_from_starts_from_exactly_the_saved_parameters(first_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_init_from_starts_from_exactly_the_saved_parameters(
+    first_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     data, first = first_run
     # lr 0 and plain averaging (no outer momentum): nothing may move the loaded parameters
     summary = _continue(data, first, tmp_path / "again", "optim.lr=0", "wan.algorithm=average")
@@ -76,7 +79,7 @@ def test_diloco_carries_the_outer_momentum(first_run: tuple[Path, Path], tmp_pat
     round (sync_every 20 > 10 steps): anchor - outer_lr * mu * (mu * buffer)."""
     data, first = first_run
     _continue(data, first, tmp_path / "diloco", "optim.lr=0")
-    events = [e["message"] for e in read_records(tmp_path / "diloco", "event") if e.get("event") == "init_from"]
+    events = [e["message"] for e in read_records(tmp_path / "diloco", "event") if e["event"] == "init_from"]
     assert events and all(m.endswith("outer state: True") for m in events)
     buffer = load_checkpoint(first / "checkpoints" / "city0" / "rank0.pt")["sync"]["outer"]["state"][0]
     start = parameters_to_vector(final_params(first).values())
