@@ -17,14 +17,14 @@ def test_quick_bench_writes_a_finite_table_for_every_row(tmp_path: Path) -> None
     results = tmp_path / "results"
     payload = json.loads((results / "results.json").read_text())
     assert payload["complete"] and finite(payload)
-    assert [run["row"] for run in payload["runs"]] == ["pooled", "per-city", "average", "fedprox"]
+    assert [run["row"] for run in payload["runs"]] == ["pooled", "per-city", "average", "fedprox-0.01"]
     for run in payload["runs"]:
         assert set(run["cities"]) == {"centre", "north"}
         assert all(set(run["cities"][c]) == {"val", "test"} for c in run["cities"])
         assert len(run["by_hour"]["test"]) == 24 and run["curve"] and run["curve"][-1][0] == 30
     text = (results / "RESULTS.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("| ")]
-    for row in ("pooled", "per-city", "average", "fedprox", "persistence"):
+    for row in ("pooled", "per-city", "average", "fedprox-0.01", "persistence"):
         line = next(t for t in table if t.startswith(f"| {row} |"))
         numbers = re.findall(r"-?\d+\.\d+", line)
         assert numbers and all(n not in ("nan", "inf") for n in numbers), line
