@@ -121,9 +121,10 @@ def format_table(result: dict[str, Any]) -> str:
             f"{m['skill_pct'] or 0:>9.1f}{m['mae']:>8.2f}{m['persistence_mae']:>11.2f}"
         )
     h24 = result["overall"]["by_hour"][-1]
+    skill = 100 * (1 - h24["rmse"] / h24["persistence_rmse"]) if h24["persistence_rmse"] else 0.0
     rows.append(
-        f"hour {h24['hour']}: RMSE {h24['rmse']:.2f} vs persistence {h24['persistence_rmse']:.2f} "
-        f"({100 * (1 - h24['rmse'] / h24['persistence_rmse']):.1f}% below)"
+        f"forecast hour {h24['hour']}: RMSE {h24['rmse']:.2f}, persistence {h24['persistence_rmse']:.2f} "
+        f"(skill {skill:.1f}%)"
     )
     return "\n".join(rows)
 

@@ -125,6 +125,12 @@ def _city_table(rows: dict[str, dict[str, Any]], split: str) -> str:
             for c in cities
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sums = next(iter(rows.values()))["runs"][0]["cities"]  # the same windows in every row
+    cells = [
+        f"{_metric(sums[c][split], k):.2f}" for c in cities for k in ("persistence_rmse", "persistence_mae")
+    ]
+    cells = [f"{a} / {b}" for a, b in zip(cells[::2], cells[1::2], strict=True)]
+    lines.append("| persistence | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -266,7 +272,8 @@ def write_results(
             _demo_table(payload["demo"]),
             "",
         ]
-    parts += payload.get("notes", [])
+    notes = folder / "notes.md"  # hand-written reading of the numbers, kept next to the generated file
+    parts += [notes.read_text().rstrip()] if notes.is_file() else []
     atomic_write_text(folder / "RESULTS.md", "\n".join(parts).rstrip() + "\n")
 
 

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-demo", action="store_true", help="skip the demo recipe at 600 and 3000 steps")
     p.add_argument(
+        "--report-only", action="store_true", help="rebuild RESULTS.md and the PNGs from results.json"
+    )
+    p.add_argument(
         "--work", type=Path, default=Path("runs/bench_quality"), help="datasets and run directories"
     )
     p.add_argument(
@@ -190,6 +193,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     progress = Progress(plan.work)
     payload: dict[str, Any] = {
         "command": ["crosscity", "bench", "quality", *argv],
+        "started": started.isoformat(),
         "runs": [],
         "complete": False,
     }
@@ -209,11 +213,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def report_only(args: argparse.Namespace) -> int:
+    """RESULTS.md and PNGs again from results.json, with the header of the command that made it."""
+    results = args.results or (args.work / "results" if args.quick else RESULTS_DIR)
+    payload = json.loads((results / "results.json").read_text())
+    argv = payload["command"][3:]
+    plan = Plan(_parser().parse_args(argv))
+    seconds = payload.get("seconds", 0.0)
+    mtime = datetime.fromtimestamp((results / "results.json").stat().st_mtime - seconds, UTC)
+    started = datetime.fromisoformat(payload["started"]) if "started" in payload else mtime
+    write_results(results, payload, _header(argv, started, plan, seconds))
+    print(f"[bench] rebuilt {results / 'RESULTS.md'} from results.json", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        return run(args, argv)
+        return report_only(args) if args.report_only else run(args, argv)
     except (ConfigError, ValueError) as exc:
         print(f"crosscity bench quality: {exc}", file=sys.stderr)
         return 2
