@@ -8,7 +8,8 @@ from pathlib import Path
 
 from crosscity.data_prep.datasets import beijing_files
 from crosscity.data_prep.errors import DataPrepError, DatasetError
-from crosscity.data_prep.prepare import append, prepare, print_report
+from crosscity.data_prep.plausibility import table
+from crosscity.data_prep.prepare import PrepReport, append, prepare
 from crosscity.data_prep.schema import POLICIES_BAD_INPUT, POLICIES_CONFLICT
 from crosscity.data_prep.verify import verify_dataset
 
@@ -21,8 +22,8 @@ EXAMPLES = """examples:
   crosscity prep --preset beijing --out data/beijing
   crosscity prep --schema my_schema.yaml --cities my_cities.yaml --out data/mine exports/*.csv.gz
   crosscity prep append --data data/beijing new_rows.csv
-  crosscity prep verify data/beijing          # sha256 + structure of every shard
-  crosscity prep verify data/beijing --quick  # sizes and versions only (what training checks)
+  crosscity prep verify data/beijing          # the dataset version, sha256 + HDF5 structure of every shard
+  crosscity prep verify data/beijing --quick  # the dataset version and sha256 (what training checks)
 see docs/data_format.md for the schema and cities file formats."""
 
 
@@ -38,7 +39,10 @@ def _policies(p: argparse.ArgumentParser) -> None:
         "--on-bad-input", choices=POLICIES_BAD_INPUT, help="override the schema's bad-input policy"
     )
     p.add_argument("--on-conflict", choices=POLICIES_CONFLICT, help="override the schema's conflict policy")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--strict", action="store_true", help="a sentinel-like value (plausibility flag) is an error, exit 2"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines and no plausibility table")
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -75,10 +79,22 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     check.add_argument("data", type=Path, help="dataset root or one city folder")
     depth = check.add_mutually_exclusive_group()
     depth.add_argument(
-        "--full", action="store_true", help="hash every shard and check its contents (default)"
+        "--full", action="store_true", help="also open every shard and check its contents (default)"
     )
-    depth.add_argument("--quick", action="store_true", help="only sizes and versions (what training checks)")
+    depth.add_argument(
+        "--quick",
+        action="store_true",
+        help="the dataset version and every shard's sha256 (what training checks)",
+    )
     return {"prep": prep, "append": add, "verify": check}
+
+
+def _print_report(report: PrepReport, quiet: bool) -> None:
+    if report.plausibility and not quiet:
+        print(f"prep: plausibility of the rows read\n{table(report.plausibility)}", file=sys.stderr)
+    for line in report.flags:
+        print(f"prep: warning: {line} (--strict makes this an error)", file=sys.stderr)
+    print(f"prep: {report.summary()}", file=sys.stderr)
 
 
 def _run(argv: list[str]) -> int:
@@ -86,13 +102,13 @@ def _run(argv: list[str]) -> int:
     command = argv[0] if argv and argv[0] in ("append", "verify") else "prep"
     args = parsers[command].parse_args(argv[1:] if command != "prep" else argv)
     if command == "verify":
-        cities = verify_dataset(args.data, full=not args.quick)
-        kind = "quick" if args.quick else "full"
-        print(f"verify ({kind}): OK, {len(cities)} cities: {', '.join(c.name for c in cities)}")
+        level = "quick" if args.quick else "full"
+        print(verify_dataset(args.data, level).line(level))
         return 0
     policies = {
         "on_bad_input": args.on_bad_input,
         "on_conflict": args.on_conflict,
+        "strict": args.strict,
         "progress": not args.quiet,
     }
     if command == "append":
@@ -108,7 +124,7 @@ def _run(argv: list[str]) -> int:
         if not inputs:
             raise DataPrepError("crosscity prep: no INPUT files given")
         report = prepare(schema, cities, args.out, inputs, **policies)
-    print_report(report)
+    _print_report(report, args.quiet)
     return 0
 
 
@@ -119,8 +135,11 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except DatasetError as exc:
-        print(f"verify: FAILED: {exc}", file=sys.stderr)
-        return 1
+        if list(argv)[:1] == ["verify"]:
+            print(f"verify: FAILED: {exc}", file=sys.stderr)
+            return 1
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except DataPrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

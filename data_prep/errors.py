@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 class DataPrepError(Exception):
     """Base class: the CLI prints the message as one line."""
@@ -9,6 +12,10 @@ class DataPrepError(Exception):
 
 class SchemaError(DataPrepError):
     """A schema or cities file is malformed (names file, key, value and what is allowed)."""
+
+    @classmethod
+    def at(cls, path: Path, key: str, value: Any, allowed: str) -> SchemaError:
+        return cls(f"{path}: key '{key}': value {value!r} not allowed; expected {allowed}")
 
 
 class InputError(DataPrepError):
@@ -20,4 +27,8 @@ class ConflictError(DataPrepError):
 
 
 class DatasetError(DataPrepError):
-    """A prepared dataset fails verification (names the city and shard)."""
+    """A prepared dataset fails verification (names the city and shard, and what to run)."""
+
+
+class RunDataError(DataPrepError):
+    """The config asks for something the prepared data cannot give (names the key and what is allowed)."""

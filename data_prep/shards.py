@@ -2,7 +2,7 @@
 
 Shards are immutable: a change writes a new file `<station>_<year>.v<version>.h5` and the manifest
 switches to it atomically, so a crash never leaves a half-written shard in use. The file is built in
-memory (HDF5 core driver), hashed, and written with train.atomic_io.
+memory (HDF5 core driver), hashed, and written with crosscity.core.atomic_io.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from crosscity.core.atomic_io import atomic_write
+from crosscity.data_prep.errors import DatasetError
 from crosscity.data_prep.schema import SCHEMA_VERSION
 from crosscity.data_prep.stats import json_safe, sufficient
 
@@ -62,13 +63,13 @@ def _image(rows: ShardRows, attrs: dict[str, object]) -> bytes:
     return buf.getvalue()
 
 
-def gap_counts(rows: ShardRows, fill_hours: int) -> dict[str, int]:
-    """Missing cells the reader will forward-fill (<= fill_hours after an observation), those it will
-    not, and hours absent from the time grid (whole rows missing)."""
+def gap_counts(rows: ShardRows, fill_hours: np.ndarray) -> dict[str, int]:
+    """Missing cells the reader will forward-fill (<= the column's fill_hours after an observation),
+    those it will not, and hours absent from the time grid (whole rows missing)."""
     t = rows.time.astype(np.float64)[:, None]
     last_seen = np.maximum.accumulate(np.where(rows.mask, t, -np.inf), axis=0)
     missing = ~rows.mask
-    filled = int((missing & (t - last_seen <= fill_hours * 3600)).sum())
+    filled = int((missing & (t - last_seen <= np.asarray(fill_hours)[None, :] * 3600)).sum())
     span = int((rows.time[-1] - rows.time[0]) // 3600 + 1) if len(rows) else 0
     return {"filled": filled, "unfilled": int(missing.sum()) - filled, "absent_hours": span - len(rows)}
 
@@ -82,7 +83,7 @@ def write_shard(
     year: int,
     version: int,
     features: list[str],
-    fill_hours: int,
+    fill_hours: np.ndarray,
     rows: ShardRows,
 ) -> dict[str, object]:
     """Write the shard atomically; returns its manifest entry (size, sha256, span, sufficient stats)."""
@@ -117,8 +118,23 @@ def write_shard(
 
 def read_shard(path: Path) -> ShardRows:
     """Read a whole shard (small: one station-year). Opens and closes its own handle (fork-safe)."""
-    with h5py.File(path, "r") as f:
-        return ShardRows(time=f["time"][:], values=f["values"][:], mask=f["mask"][:].astype(bool))
+    try:
+        with h5py.File(path, "r") as f:
+            return ShardRows(time=f["time"][:], values=f["values"][:], mask=f["mask"][:].astype(bool))
+    except (OSError, KeyError) as exc:
+        raise DatasetError(
+            f"{path}: not a readable shard ({exc}); run `crosscity prep verify {Path(path).parent.parent}`"
+        ) from None
+
+
+def read_checked(path: Path, entry: dict) -> ShardRows:
+    """read_shard after checking the manifest's sha256 (what append merges into must be intact)."""
+    if sha256_file(path) != entry["sha256"]:
+        raise DatasetError(
+            f"{path}: sha256 does not match its manifest (the shard is corrupt); "
+            "restore it or prepare the data again into a new folder"
+        )
+    return read_shard(path)
 
 
 def sha256_file(path: Path) -> str:

@@ -8,6 +8,7 @@ import sys
 # name -> module with `main(argv) -> int`
 BENCHES = {
     "wan": "crosscity.bench.wan.run_bench",
+    "chaos": "crosscity.bench.chaos.run_bench",
     "data": "crosscity.bench.data.run_bench",
     "monitor": "crosscity.bench.monitor.overhead",
     "quality": "crosscity.bench.quality.run_bench",

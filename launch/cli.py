@@ -11,7 +11,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from crosscity.config.schema import ConfigError
+from crosscity.config import ConfigError
+from crosscity.core.exit_codes import EXIT_BAD_INPUT
+from crosscity.launch.preflight import HostError
 
 # name -> (module with `main(argv) -> int`, one-line description)
 DELEGATED = {
@@ -32,6 +34,8 @@ DELEGATED = {
         "crosscity.launch.coordinator",
         "host the rendezvous store for the cities of a Slurm run",
     ),
+    "certs": ("crosscity.launch.certs_command", "CA and per-city certificates: init, add, revoke, export"),
+    "audit": ("crosscity.launch.audit_command", "verify a run's hash-chained audit.jsonl and summarise it"),
 }
 
 EPILOG = """examples:
@@ -106,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(Path(args.out), args.overrides)
     except ConfigError as exc:
         print(f"crosscity {args.command}: config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except HostError as exc:
+        print(f"crosscity {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _parser().print_help()
-    return 2
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

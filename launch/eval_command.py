@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosscity.config.schema import Config, ConfigError, load_config
+from crosscity.config import Config, ConfigError, load_config
 from crosscity.core.atomic_io import atomic_write_text
-from crosscity.data_prep.errors import DatasetError
+from crosscity.data_prep.errors import DatasetError, RunDataError
+from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.train.data.windows import SPLITS, CityWindows
 from crosscity.train.evaluate import Scores, pool_metrics, score, window_options
 from crosscity.train.models import build_model
-from crosscity.train.trainer import city_names
 
 EXAMPLES = """examples:
   crosscity eval runs/demo                      # validation windows of the run's cities
@@ -81,9 +81,10 @@ def described(totals: dict[str, float], scores: list[Scores]) -> dict[str, Any]:
 def evaluate_run(run_dir: Path, split: str = "val", data_dir: Path | None = None) -> dict[str, Any]:
     cfg, state = load_run(run_dir)
     root = Path(data_dir or cfg.data.dir)
-    names = (
-        city_names(cfg) if data_dir is None else sorted(p.parent.name for p in root.glob("*/manifest.json"))
-    )
+    if data_dir is None:
+        names = resolve_cities(cfg.data.dir, cfg.data.cities, cfg.topology.cities)
+    else:
+        names = sorted(p.parent.name for p in root.glob("*/manifest.json"))
     if not names:
         raise EvalError(f"{root}: no prepared city folders (run `crosscity prep`)")
     torch.set_num_threads(1)  # as in the ranks: the same kernels, so the same sums
@@ -156,7 +157,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         result = write_eval(args.run_dir, args.split, args.data)
-    except (EvalError, ConfigError, DatasetError, FileNotFoundError) as exc:
+    except (EvalError, ConfigError, DatasetError, RunDataError, FileNotFoundError) as exc:
         print(f"crosscity eval: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crosscity.config.schema import DataConfig
+from crosscity.config import DataConfig
 from crosscity.train.data.windows import CityWindows
 
 KEYS = ("se", "ae", "p_se", "p_ae", "count")  # squared / absolute errors of model and persistence, count
@@ -107,16 +106,3 @@ def score(
     model.train(was_training)
     names = dataset.manifest["stations"]
     return Scores([names[s] for s in dataset.stations], sums.numpy(), counted)
-
-
-def pool_metrics(sums: list[dict[str, float]]) -> dict[str, float]:
-    """RMSE/MAE from one or several cities' sums."""
-    total = {k: sum(s[k] for s in sums) for k in sums[0]}
-    count = max(total["count"], 1.0)
-    return {
-        "rmse": math.sqrt(total["se"] / count),
-        "mae": total["ae"] / count,
-        "persistence_rmse": math.sqrt(total["p_se"] / count),
-        "persistence_mae": total["p_ae"] / count,
-        "n_windows": total["n_windows"],
-    }

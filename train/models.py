@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crosscity.config.schema import ModelConfig
+from crosscity.config import ModelConfig
 
 
 class MLPForecaster(nn.Module):

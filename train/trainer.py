@@ -1,8 +1,13 @@
-"""What one rank does: join the groups, train its city's data, meet the other cities over the WAN.
+"""What one rank does: join its city's world, train its city's data, meet the other cities over the WAN.
 
-`run_rank` is restartable: when any city is preempted, every rank checkpoints at the same step;
-the preempted city exits with EXIT_REQUEUE and the others start `run_rank` again in the next
-rendezvous generation, resuming from their checkpoints once the requeued city is back.
+A city is a torch.distributed world of its own and meets the others only through the coordinator
+(train/wan/federated.py): a preempted city checkpoints and leaves (EXIT_REQUEUE) while the others
+train on; when it is back it resumes from its checkpoint and heals from the global model.
+
+The two world-spanning baselines (flat, PyTorch's averager) instead run one world over every city:
+there, `run_rank` is restartable - when any city is preempted every rank checkpoints at the same
+step, the preempted city exits with EXIT_REQUEUE and the others start again in the next rendezvous
+generation, resuming once the requeued city is back.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from crosscity.config.schema import Config, load_config
+from crosscity.config import Config, load_config
+from crosscity.core.exit_codes import EXIT_REQUEUE
+from crosscity.core.forecast_scores import pool_metrics
+from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.best_model import BestModel
 from crosscity.train.checkpoint import (
@@ -34,48 +42,36 @@ from crosscity.train.checkpoint import (
 )
 from crosscity.train.data.batches import BatchStream
 from crosscity.train.data.windows import CityWindows
-from crosscity.train.distributed.process_groups import destroy_groups, init_groups, pick_backend, pick_device
+from crosscity.train.distributed.process_groups import (
+    Groups,
+    destroy_groups,
+    init_city_groups,
+    init_groups,
+    pick_backend,
+    pick_device,
+)
 from crosscity.train.distributed.rendezvous import (
     FINISHED_KEY,
     advance_generation,
+    city_store,
     connect_store,
     generation,
     generation_store,
 )
 from crosscity.train.distributed.topology import Topology
-from crosscity.train.evaluate import pool_metrics, score, window_options
-from crosscity.train.init_from import (
-    load_init_model,
-    load_outer_state,
-    previous_span_end,
-    trained_on,
-    windows_after,
-)
+from crosscity.train.distributed.topology_env import detect_topology
+from crosscity.train.evaluate import score, window_options
+from crosscity.train.init_from import load_init_model, previous_span_end, trained_on, windows_after
 from crosscity.train.models import build_model
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.straggler import StragglerDetector
 from crosscity.train.observe.telemetry import start_telemetry
 from crosscity.train.optim import build_optimizer, build_schedule, proximal_term
-from crosscity.train.run_summary import write_summary
-from crosscity.train.wan.registry import build_sync
+from crosscity.train.run_summary import write_candidate, write_city_result
+from crosscity.train.wan.registry import SYNCS, build_sync
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "checkpointed, requeue me"
-RESTART = -1
-
-
-def city_names(cfg: Config) -> list[str]:
-    if cfg.data.cities:
-        return list(cfg.data.cities)
-    root = Path(cfg.data.dir)
-    names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
-    if len(names) < cfg.topology.cities:
-        raise FileNotFoundError(
-            f"data.dir={root}: found {len(names)} prepared cities {names}, "
-            f"topology.cities={cfg.topology.cities}; "
-            "run `crosscity prep` first"
-        )
-    return names[: cfg.topology.cities]
+RESTART = -1  # a world-spanning baseline's rank starts the next generation
 
 
 def seed_everything(seed: int) -> None:
@@ -123,16 +119,22 @@ class RankState:
 class Trainer:
     """One rank's training loop; small methods so each phase can be read on its own."""
 
-    def __init__(self, run_dir: Path, cfg: Config, topo: Topology, store: dist.Store, stop: StopFlag) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        topo: Topology,
+        groups: Groups,
+        device: torch.device,
+        stop: StopFlag,
+        world_store: dist.Store | None = None,
+    ) -> None:
+        """`world_store`: the world-spanning baselines' store (generations); None for a city's own world."""
         self.run_dir, self.cfg, self.topo, self.stop = run_dir, cfg, topo, stop
-        self.gen = generation(store)
+        self.groups, self.device, self.world_store = groups, device, world_store
         seed_everything(cfg.train.seed)  # same init on every rank of every city
-        self.device = pick_device(cfg.train.device, topo.local_rank)
-        backend = pick_backend(cfg.lan.backend, self.device)
-        self.groups = init_groups(topo, generation_store(store, self.gen), backend)
-        self.store = store
 
-        self.city_name = city_names(cfg)[topo.city]
+        self.city_name = resolve_cities(cfg.data.dir, cfg.data.cities, cfg.topology.cities)[topo.city]
         city_dir = Path(cfg.data.dir) / self.city_name
         if cfg.data.verify == "full" and topo.local_rank == 0:
             full_check(city_dir)  # one rank hashes; the others check sizes and versions
@@ -162,18 +164,15 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.schedule = build_schedule(cfg.optim, self.optimizer, cfg.train.steps)
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
-        self.sync: InterCitySync = build_sync(cfg, self.model, self.optimizer, topo, self.groups, self.device)
+        self.sync: InterCitySync = build_sync(
+            cfg, run_dir, self.model, self.optimizer, topo, self.groups, self.device, self.city_name
+        )
         self.state = RankState()
-        self.best = BestModel(cfg.train.patience, cfg.train.min_delta)
-        self.best_params: torch.Tensor | None = None  # the global model of the best evaluation so far
-        self.best_sums: dict[str, float] | None = None  # and this city's validation sums for it
-        self.last_sums: dict[str, float] = {}  # this city's sums of the latest validation pass
+        self.best = BestModel(cfg.train.patience, cfg.train.min_delta)  # early stopping (world baselines)
+        self.history: list[dict[str, Any]] = []  # every validation pass: step, this city's sums (rank 0)
+        self.new_hours: tuple[CityWindows, list[int], dict[str, float]] | None = None  # init_from
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
-        if self.init_from:
-            outer = load_outer_state(self.sync, cfg, self.init_from)
-            self.log.write(
-                "event", event="init_from", message=f"model from {self.init_from}; outer state: {outer}"
-            )
+        self.sync.log_event = lambda **fields: self.log.write("event", **fields)
         # Who this rank sums gradients with: with Horovod, proof that its world is the city alone.
         reducer = self.sync.reducer
         self.log.write("lan", backend=cfg.lan.backend, lan_rank=reducer.rank, lan_size=reducer.size)
@@ -183,30 +182,31 @@ class Trainer:
             mon.straggler_factor, mon.straggler_steps, cfg.train.log_every
         )
         self.telemetry = start_telemetry(cfg, run_dir, topo, self.device, self.log)
-        self._resume()
+        self.resumed = self._resume()
 
     # ------------------------------------------------------------------ checkpoints
 
     def _ckpt_path(self) -> Path:
         return checkpoint_path(self.run_dir, self.topo.city, self.topo.local_rank)
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
         state = load_checkpoint(self._ckpt_path())
         if state is None:
-            return
+            return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.best.load_state_dict(state["best"]["tracker"])
-        self.best_params, self.best_sums = state["best"]["params"], state["best"]["sums"]
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]
         self.sync.load_state_dict(state["sync"])
         self.batches.load_state_dict(state["batches"])
         self.state = RankState(**state["rank"])
         set_rng_state(state["rng"])
         self.log.step = self.state.step
         self.log.write(
-            "event", event="resume", message=f"resumed at step {self.state.step} (generation {self.gen})"
+            "event", event="resume", message=f"resumed from its checkpoint at step {self.state.step}"
         )
+        return True
 
     def save(self) -> None:
         save_checkpoint(
@@ -215,11 +215,8 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
-                "best": {
-                    "tracker": self.best.state_dict(),
-                    "params": self.best_params,
-                    "sums": self.best_sums,
-                },
+                "best": self.best.state_dict(),
+                "history": self.history,
                 "sync": self.sync.state_dict(),
                 "batches": self.batches.state_dict(),
                 "rank": vars(self.state).copy(),
@@ -319,9 +316,11 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg
-        # Every city starts its step clock together: a city still loading would otherwise make the
-        # others wait for it at their first WAN exchange.
-        dist.barrier(group=self.groups.world)
+        # Every city starts its step clock together (a city still loading would otherwise make the
+        # others wait at their first round): the coordinator's start, or the world's barrier.
+        self.sync.join(fresh=not self.resumed, step=self.state.step)
+        if self.world_store is not None:
+            dist.barrier(group=self.groups.world)
         t_start, last_log = time.perf_counter(), time.perf_counter()
         while self.state.step < cfg.train.steps:
             m = self.train_step()
@@ -340,7 +339,7 @@ class Trainer:
                 return self._stop_for_requeue(leaving)
             if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
                 self.save()
-            last = self.state.step == cfg.train.steps  # _finish evaluates the final model
+            last = self.state.step == cfg.train.steps  # _finish validates the final model
             due = cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0 and not last
             if due and self.validate():
                 self.log.write("event", event="early_stop", message=f"stopped at step {self.state.step}")
@@ -348,40 +347,51 @@ class Trainer:
         return self._finish(time.perf_counter() - t_start)
 
     def validate(self) -> bool:
-        """A validation pass that may select this model as the best one; True: stop early."""
-        sums = self.last_sums = self.evaluate_city()
-        world = self.pooled_validation(sums)
-        pooled = pool_metrics([world])
-        decision = self.best.update(self.state.step, pooled["rmse"])
-        if decision.improved:
-            self.best_params, self.best_sums = self.sync.global_params().clone(), sums
-        if self.topo.global_rank == 0:
-            best = {"best_step": self.best.best_step, "best_rmse": self.best.best_rmse}
-            self.log.write("val_pooled", **pooled, sums=world, **best)
-        return decision.stop
-
-    def _new_hours(self) -> dict[str, Any]:
-        """With train.init_from: this city's test windows that end after the previous run's data, scored
-        by the initial and the final model (local rank 0; a small set)."""
-        end = previous_span_end(self.init_from, self.city_name) if self.init_from else None
-        if end is None or self.topo.local_rank != 0:
-            return {}
-        test = CityWindows(self.city_dir, split="test", **self.window)
-        windows = windows_after(test, end)
-        with self._params(self.init_params):
-            before = score(self.model, test, windows=windows).totals()
-        after = score(self.model, test, windows=windows).totals()
-        return {"new_hours": {"after_time": end, "before": before, "after": after}}
+        """A validation pass of the global model, recorded for the best-model choice at the end
+        (launch/report/summary.py pools every city's passes); with train.patience (a world over every
+        city), the pooled RMSE decides here whether to stop: True."""
+        sums = self.evaluate_city()
+        entry: dict[str, Any] = {"step": self.state.step, "sums": sums if self.topo.local_rank == 0 else None}
+        entry.update(self._new_hours())
+        self.history = [e for e in self.history if e["step"] != self.state.step] + [entry]
+        if (
+            self.cfg.train.final_model == "best"
+            and self.topo.local_rank == 0
+            and self.sync.holds_global_model()
+        ):
+            with self._params(self.sync.global_params()):
+                write_candidate(self.run_dir, self.cfg, self.state.step, self.model)
+        if not self.cfg.train.patience:
+            return False
+        pooled = pool_metrics([self.pooled_validation(sums)])
+        return self.best.update(self.state.step, pooled["rmse"]).stop
 
     def pooled_validation(self, city_sums: dict[str, float]) -> dict[str, float]:
         """The validation sums of all cities, the same on every rank (so every rank takes the same
-        best-model and early-stopping decision): one small all-reduce over the world, local rank 0 of
-        each city contributing its city's sums. The one exchange of validation results."""
+        early-stopping decision): one small all-reduce over the world, local rank 0 of each city
+        contributing its city's sums. Only the world-spanning baselines have that world."""
         keys = sorted(city_sums)
         mine = [city_sums[k] if self.topo.local_rank == 0 else 0.0 for k in keys]
         total = torch.tensor(mine, dtype=torch.float64, device=self.device)
         dist.all_reduce(total, group=self.groups.world)
         return dict(zip(keys, total.tolist(), strict=True))
+
+    def _new_hours(self) -> dict[str, Any]:
+        """With train.init_from: this city's test windows that end after the previous run's data, scored
+        by the initial model (once) and by the global model of this pass (local rank 0; a small set)."""
+        end = previous_span_end(self.init_from, self.city_name) if self.init_from else None
+        if end is None or self.topo.local_rank != 0:
+            return {}
+        if self.new_hours is None:
+            test = CityWindows(self.city_dir, split="test", **self.window)
+            windows = windows_after(test, end)
+            with self._params(self.init_params):
+                before = score(self.model, test, windows=windows).totals()
+            self.new_hours = (test, windows, before)
+        test, windows, before = self.new_hours
+        with self._params(self.sync.global_params()):
+            after = score(self.model, test, windows=windows).totals()
+        return {"new_hours": {"after_time": end, "before": before, "after": after}}
 
     def close(self) -> None:
         self.sync.close()
@@ -418,48 +428,48 @@ class Trainer:
         self.log.write(
             "event", event="preempt", message=f"checkpointed at step {self.state.step}; leaving={leaving}"
         )
+        if self.world_store is None:  # a city of its own: it leaves, the others train on
+            self.sync.leave("preempted")
+            self.close()
+            destroy_groups()
+            return EXIT_REQUEUE
         if self.topo.global_rank == 0:
-            advance_generation(self.store)
+            advance_generation(self.world_store)
         dist.barrier(group=self.groups.world)
         self.close()
         destroy_groups()
         return EXIT_REQUEUE if leaving else RESTART
 
     def _finish(self, wall_s: float) -> int:
+        """The final round, the city's validation of the final model, its result file, goodbye."""
         final = self.sync.finish()
         if final is not None:
             self._log_round(final)
         self.log.step = self.state.step
         self.validate()
-        self.save()  # the end of the trajectory, before the model may be replaced by the best one
-        step, sums = self.state.step, self.last_sums
-        if self.cfg.train.final_model == "best" and self.best_params is not None:
-            step, sums = self.best.best_step, self.best_sums
-            with torch.no_grad():
-                vector_to_parameters(self.best_params.clone(), self.model.parameters())
-        city = {"dataset": trained_on(self.train_ds), **self._new_hours()}
-        gathered: list[Any] = [None] * self.topo.world_size
-        mine = sums if self.topo.local_rank == 0 else None  # one entry per city
-        dist.all_gather_object(
-            gathered,
-            {
-                "city": self.topo.city,
-                "name": self.city_name,
-                "samples": self.state.samples,
-                "sums": mine,
-                **city,
-            },
-        )
-        if self.topo.global_rank == 0:
-            chosen = {
-                "step": step,
-                "selected_by": self.cfg.train.final_model,
-                "last_step": self.state.step,
-                "stopped_early": self.state.step < self.cfg.train.steps,
-                "init_from": str(self.init_from or ""),
-            }
-            write_summary(self.run_dir, self.cfg, gathered, self.model, wall_s, final_model=chosen)
-        dist.barrier(group=self.groups.world)
+        sums = self.history[-1]["sums"]
+        samples = torch.tensor([float(self.state.samples)], dtype=torch.float64, device=self.device)
+        if self.topo.ranks_per_city > 1:
+            dist.all_reduce(samples, group=self.groups.city)
+        self.save()
+        if self.topo.local_rank == 0:
+            result = write_city_result(
+                self.run_dir,
+                self.cfg,
+                self.topo,
+                self.city_name,
+                sums,
+                int(samples.item()),
+                self.model,
+                wall_s,
+                write_model=self.sync.holds_global_model(),
+                history=self.history,
+                dataset=trained_on(self.train_ds),
+            )
+            self.sync.report_final(result)
+        if self.world_store is not None:
+            dist.barrier(group=self.groups.world)
+        self.sync.leave("finished")
         self.close()
         destroy_groups()
         return 0
@@ -475,12 +485,26 @@ def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
     """Entry point of one rank (what launchers start). Returns the process exit code."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    topo = topo or Topology.from_env()
+    topo = topo or detect_topology()
     torch.set_num_threads(1)
     stop = StopFlag(cfg.train.requeue_signal)
+    device = pick_device(cfg.train.device, topo.local_rank)
+    backend = pick_backend(cfg.lan.backend, device)
+    if SYNCS[cfg.wan.algorithm].spans_world:
+        return _run_world(run_dir, cfg, topo, device, backend, stop)
+    groups = init_city_groups(topo, city_store(topo, cfg.lan.timeout_s), backend, cfg.lan.timeout_s)
+    return Trainer(run_dir, cfg, topo, groups, device, stop).run()
+
+
+def _run_world(
+    run_dir: Path, cfg: Config, topo: Topology, device: torch.device, backend: str, stop: StopFlag
+) -> int:
+    """The world-spanning baselines: one store for every rank, a new generation after a preemption."""
     store = connect_store(run_dir)
     while True:
-        code = Trainer(run_dir, cfg, topo, store, stop).run()
+        gen = generation(store)
+        groups = init_groups(topo, generation_store(store, gen), backend, cfg.lan.timeout_s)
+        code = Trainer(run_dir, cfg, topo, groups, device, stop, world_store=store).run()
         if code == 0:
             store.add(FINISHED_KEY, 1)
         if code != RESTART:

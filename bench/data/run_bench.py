@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from crosscity.config.schema import ModelConfig
+from crosscity.config import ModelConfig
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.data_prep.datasets import beijing_files
 from crosscity.data_prep.schema import load_cities

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
-from crosscity.train.evaluate import pool_metrics
+from crosscity.core.forecast_scores import pool_metrics
 
 SPLIT_NOTES = {
     "standard": "the shipped grouping of the 12 stations into 4 cities "

@@ -25,8 +25,8 @@ class Row:
     overrides: tuple[str, ...] = ()
 
 
-POOLED = Row("pooled", "pooled", ("wan.algorithm=flat",))
-PER_CITY = Row("per-city", "per_city", ("wan.algorithm=flat",))
+POOLED = Row("pooled", "pooled", ("wan.algorithm=flat", "security.insecure=true"))
+PER_CITY = Row("per-city", "per_city", ("wan.algorithm=flat", "security.insecure=true"))
 # The WAN bench's recommendations (bench/wan/RESULTS.md): diloco with int8 (the demo's codec) and
 # streaming with int4 + error feedback on 2 fragments (its best method); merge=fixed (at start + tau)
 # instead of its when_ready keeps streaming deterministic.

@@ -25,7 +25,7 @@ from crosscity.bench.quality.results import write_results
 from crosscity.bench.quality.rows import ROWS, Row, extra_row
 from crosscity.bench.quality.runs import Launch, RunFailed, collect, launches, train_and_score
 from crosscity.bench.wan.results_report import machine
-from crosscity.config.schema import ConfigError, load_config
+from crosscity.config import ConfigError, load_config
 from crosscity.launch.local.demo import DEMO_CONFIG
 
 BASE_CONFIG = Path(__file__).with_name("config.yaml")

@@ -13,12 +13,11 @@ import yaml
 
 from crosscity.bench.quality.datasets import Split
 from crosscity.bench.quality.rows import Row
-from crosscity.config.schema import load_config, to_dict
+from crosscity.config import load_config, to_dict
+from crosscity.core.forecast_scores import pool_metrics
 from crosscity.launch.eval_command import write_eval
 from crosscity.launch.local.launcher import LocalLauncher
 from crosscity.launch.run_dir import resolve_run
-from crosscity.train.evaluate import pool_metrics
-from crosscity.train.observe.metrics_log import read_records
 
 EVAL_SPLITS = ("val", "test")
 
@@ -89,7 +88,7 @@ def _curve(run_dirs: list[Path]) -> list[list[float]]:
     """Pooled validation RMSE per evaluation step, over all the row's runs (per-city: 4 runs)."""
     by_step: dict[int, dict[str, float]] = {}
     for run_dir in run_dirs:
-        for r in read_records(run_dir, "val_pooled"):
+        for r in json.loads((run_dir / "summary.json").read_text())["final_model"]["passes"]:
             by_step[r["step"]] = _add(by_step.get(r["step"]), r["sums"])
     return [[step, pool_metrics([sums])["rmse"]] for step, sums in sorted(by_step.items())]
 

@@ -10,8 +10,12 @@ pair; the other end is a port of the bridge `{prefix}br`, which stands for the W
 - delay: the kernel has no netem, so bridged packets go through iptables (br_netfilter,
   `-m physdev`) to an NFQUEUE, where `nfqueue_delay.py` holds each one `delay_ms` before accepting
   it. A packet crosses the hub once per direction: RTT between two cities = 2 x delay_ms.
-- coordinator: the host end of the bridge (`coordinator_addr`) is reachable from every city,
-  unshaped by delay (it is routed, not bridged); host a rendezvous TCPStore there.
+- hub: the coordinator's own namespace `{prefix}hub` (`coordinator_addr`), one more bridge port
+  like a city: its traffic is bridged, so it is delayed and counted like city-to-city traffic (a
+  city's RTT to the coordinator equals its RTT to another city). Its link is unshaped unless
+  `hub_rate_mbit` is given. `on_hub.py` runs the local launcher there (its coordinator, or the
+  baselines' store, listen on the hub); the bridge's own address (`host_addr`) stays in the host
+  namespace for helpers such as the link probe's rendezvous store (routed: shaped, not delayed).
 
 Ranks of one city share the namespace, so their LAN traffic stays on loopback. gloo needs
 `GLOO_SOCKET_IFNAME=eth0` in every namespace (`rank_env`). Teardown is idempotent and also runs
@@ -22,6 +26,7 @@ emulators from sharing one prefix.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import ipaddress
 import logging
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DAEMON = Path(__file__).with_name("nfqueue_delay.py")
 TBF_BURST = "64kb"
+CLONE_NEWNET = 0x40000000
 BRIDGE_NF_SYSCTL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
 
@@ -64,12 +70,15 @@ class WanEmulator:
         prefix: str = "cc",
         subnet: str = "10.77.0.0/24",
         queue: int = 7700,
+        hub_rate_mbit: float | None = None,
     ) -> None:
         net = ipaddress.ip_network(subnet)
         if not 1 <= cities < net.num_addresses - 2:
             raise ValueError(f"cities={cities}: allowed 1..{net.num_addresses - 3} for subnet {subnet}")
         if rate_mbit <= 0 or delay_ms < 0:
             raise ValueError(f"rate_mbit={rate_mbit} must be > 0 and delay_ms={delay_ms} >= 0")
+        if hub_rate_mbit is not None and hub_rate_mbit <= 0:
+            raise ValueError(f"hub_rate_mbit={hub_rate_mbit}: allowed > 0, or None (unshaped)")
         if not prefix.isalnum() or len(prefix) > 8:
             raise ValueError(f"prefix={prefix!r}: allowed 1-8 letters/digits (interface names are short)")
         self.cities = cities
@@ -77,6 +86,7 @@ class WanEmulator:
         self.delay_ms = delay_ms
         self.prefix = prefix
         self.queue = queue
+        self.hub_rate_mbit = hub_rate_mbit
         self._net = net
         self._hosts = list(net.hosts())
         self.bridge = f"{prefix}br"
@@ -96,8 +106,17 @@ class WanEmulator:
 
     @property
     def coordinator_addr(self) -> str:
-        """Host end of the bridge: reachable from every city namespace."""
+        """The hub namespace's address: the coordinator listens here, reachable from every city."""
         return str(self._hosts[-1])
+
+    @property
+    def host_addr(self) -> str:
+        """The bridge's address in the host namespace (routed to the cities: shaped, not delayed)."""
+        return str(self._hosts[-2])
+
+    @property
+    def hub_netns(self) -> str:
+        return f"{self.prefix}hub"
 
     def exec_prefix(self, city: int) -> list[str]:
         return ["ip", "netns", "exec", self.netns(city)]
@@ -110,8 +129,13 @@ class WanEmulator:
         if not 0 <= city < self.cities:
             raise ValueError(f"city {city} outside 0..{self.cities - 1}")
 
-    def _host_veth(self, city: int) -> str:
+    def _host_veth(self, city: int | str) -> str:
         return f"{self.prefix}{city}h"
+
+    def _ports(self) -> list[tuple[int | str, str, str, float | None]]:
+        """(city index or "hub", namespace, address, link rate) of every bridge port."""
+        cities = [(c, self.netns(c), self.addr(c), self.rate_mbit) for c in range(self.cities)]
+        return [*cities, ("hub", self.hub_netns, self.coordinator_addr, self.hub_rate_mbit)]
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> WanEmulator:
@@ -182,28 +206,28 @@ class WanEmulator:
             if _run(["which", tool], check=False).returncode != 0:
                 raise WanEmulatorError(f"`{tool}` not found: apt-get install iproute2 iptables")
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        _run(["ip", "addr", "add", f"{self.coordinator_addr}/{self._net.prefixlen}", "dev", self.bridge])
+        _run(["ip", "addr", "add", f"{self.host_addr}/{self._net.prefixlen}", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
-        rate = f"{self.rate_mbit}mbit"
-        for c in range(self.cities):
-            ns, host_end = self.netns(c), self._host_veth(c)
+        for port, ns, addr, rate in self._ports():
+            host_end = self._host_veth(port)
             _run(["ip", "netns", "add", ns])
             _run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", f"{host_end}c"])
             _run(["ip", "link", "set", f"{host_end}c", "netns", ns, "name", "eth0"])
             _run(["ip", "link", "set", host_end, "master", self.bridge, "up"])
-            inside = self.exec_prefix(c)
+            inside = ["ip", "netns", "exec", ns]
             _run([*inside, "ip", "link", "set", "lo", "up"])
-            _run([*inside, "ip", "addr", "add", f"{self.addr(c)}/{self._net.prefixlen}", "dev", "eth0"])
+            _run([*inside, "ip", "addr", "add", f"{addr}/{self._net.prefixlen}", "dev", "eth0"])
             _run([*inside, "ip", "link", "set", "eth0", "up"])
-            # Queue limit = 100 ms at line rate (at least one burst): deep enough for TCP to fill the link.
-            limit = max(65536, int(self.rate_mbit * 1e6 / 8 * 0.1))
-            tbf = ["tbf", "rate", rate, "burst", TBF_BURST, "limit", str(limit)]
-            _run([*inside, "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf])
-            _run(["tc", "qdisc", "replace", "dev", host_end, "root", *tbf])
+            if rate is not None:
+                # Queue limit = 100 ms at line rate (at least one burst): deep enough for TCP to fill it.
+                limit = max(65536, int(rate * 1e6 / 8 * 0.1))
+                tbf = ["tbf", "rate", f"{rate}mbit", "burst", TBF_BURST, "limit", str(limit)]
+                _run([*inside, "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf])
+                _run(["tc", "qdisc", "replace", "dev", host_end, "root", *tbf])
         self._route_bridged_traffic()
 
     def _route_bridged_traffic(self) -> None:
-        """One iptables rule per city port: counts the bytes it sends to other cities, and delays them."""
+        """One iptables rule per port (cities, hub): counts the bytes it sends into the WAN, delays them."""
         if not BRIDGE_NF_SYSCTL.exists():
             _run(["modprobe", "br_netfilter"], check=False)
         if not BRIDGE_NF_SYSCTL.exists():
@@ -214,8 +238,8 @@ class WanEmulator:
             self._start_daemon()
             target = ["-j", "NFQUEUE", "--queue-num", str(self.queue)]
         _run(["iptables", "-N", self.chain])
-        for c in range(self.cities):
-            match = ["-m", "physdev", "--physdev-is-bridged", "--physdev-in", self._host_veth(c)]
+        for port, *_ in self._ports():
+            match = ["-m", "physdev", "--physdev-is-bridged", "--physdev-in", self._host_veth(port)]
             _run(["iptables", "-A", self.chain, *match, *target])
         _run(["iptables", "-I", "FORWARD", "-j", self.chain])
 
@@ -234,15 +258,30 @@ class WanEmulator:
             err = self._daemon.stderr.read().strip() if self._daemon.stderr else ""
             raise WanEmulatorError(f"delay daemon did not start (exit {self._daemon.returncode}): {err}")
 
+    def set_link(self, city: int, up: bool) -> None:
+        """Cut a city off the WAN (its bridge port down: nothing in or out, its ranks and their
+        loopback LAN keep running) or restore it; the port keeps its shaping."""
+        self._check_city(city)
+        _run(["ip", "link", "set", self._host_veth(city), "up" if up else "down"])
+
     # ------------------------------------------------------------ measurement
     def wire_bytes(self) -> list[int]:
-        """IP bytes each city has sent to other cities (headers and ACKs included) since reset."""
+        """IP bytes each city has sent into the WAN (to other cities and to the hub; headers and ACKs
+        included) since reset."""
+        sent = self._port_bytes()
+        return [sent[c] for c in range(self.cities)]
+
+    def hub_bytes(self) -> int:
+        """IP bytes the hub (the coordinator, or the baselines' store) has sent to the cities."""
+        return self._port_bytes()["hub"]
+
+    def _port_bytes(self) -> dict[int | str, int]:
         out = _run(["iptables", "-nvxL", self.chain]).stdout
-        sent = [0] * self.cities
+        sent: dict[int | str, int] = {}
         for line in out.splitlines():
-            for c in range(self.cities):
-                if f"--physdev-in {self._host_veth(c)} " in line + " ":
-                    sent[c] = int(line.split()[1])
+            for port, *_ in self._ports():
+                if f"--physdev-in {self._host_veth(port)} " in line + " ":
+                    sent[port] = int(line.split()[1])
         return sent
 
     def reset_wire_bytes(self) -> None:
@@ -263,11 +302,11 @@ class WanEmulator:
         _run(["ip", "link", "del", self.bridge], check=False)
 
     def _namespaces(self) -> list[str]:
-        """This emulator's cities plus any `{prefix}N` a crashed, larger run left behind."""
+        """This emulator's cities and hub plus any `{prefix}N` a crashed, larger run left behind."""
         listed = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
         names = {line.split()[0] for line in listed if line.strip()}
         mine = {n for n in names if n.startswith(self.prefix) and n[len(self.prefix) :].isdigit()}
-        return sorted(mine | {self.netns(c) for c in range(self.cities)})
+        return sorted(mine | {ns for _, ns, _, _ in self._ports()})
 
     def _stop_daemon(self) -> None:
         daemon, self._daemon = self._daemon, None
@@ -292,6 +331,18 @@ class WanEmulator:
                 os.kill(int(pid), signal.SIGKILL)
         if pids:
             time.sleep(0.1)
+
+
+def enter_netns(name: str) -> None:
+    """Move this process into network namespace `name` (as `ip netns exec` does, but keeping the
+    mount namespace: `ip netns exec` remounts /sys, hiding the cgroups the cities' prefixes join)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise WanEmulatorError(f"setns into {name}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
 
 
 def _in_main_thread() -> bool:

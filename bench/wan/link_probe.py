@@ -113,10 +113,10 @@ def probe(wan: WanEmulator, bulk_bytes: int = 12 << 20, allreduce_bytes: int = 4
     _result(server, timeout=10)
 
     store = dist.TCPStore(
-        wan.coordinator_addr, 0, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False
+        wan.host_addr, 0, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False
     )
     ranks = [
-        _spawn(wan, c, "allreduce", wan.coordinator_addr, str(store.port), str(c), "2", str(allreduce_bytes))
+        _spawn(wan, c, "allreduce", wan.host_addr, str(store.port), str(c), "2", str(allreduce_bytes))
         for c in (0, 1)
     ]
     seconds = max(json.loads(_result(p, timeout=120))["seconds"] for p in ranks)

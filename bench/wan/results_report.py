@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from crosscity.bench.wan.before_transport import before_text, side_by_side
 from crosscity.bench.wan.link_probe import LinkReport
 from crosscity.bench.wan.run_outcome import RunOutcome
 from crosscity.core.atomic_io import atomic_write_text
@@ -45,7 +46,7 @@ def main_table(runs: list[BenchRun]) -> str:
         f"Target: flat DDP's final val RMSE = {target:.3f} ug/m3.",
         "",
         "| method | time to target (s) | speed-up vs flat | final val RMSE | vs flat "
-        "| WAN bytes sent (MB, accounted) | less than flat | wire bytes (MB, measured) "
+        "| WAN bytes sent (MB, accounted) | less than flat | wire bytes (MB, measured: cities / hub) "
         "| compute util | util by city (min-max) | own compute | train time (s) | rounds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -57,7 +58,7 @@ def main_table(runs: list[BenchRun]) -> str:
         rows.append(
             f"| {r.method} | {_secs(t)} | {speedup} | {o.final_rmse:.3f} "
             f"| {100 * (o.final_rmse / target - 1):+.2f}% "
-            f"| {mb(o.wan_bytes)} | {reduction} | {mb(o.wire_bytes)} "
+            f"| {mb(o.wan_bytes)} | {reduction} | {mb(o.wire_bytes)} / {mb(o.hub_bytes)} "
             f"| {100 * o.compute_util:.0f}% | {100 * o.city_util[0]:.0f}-{100 * o.city_util[1]:.0f}% "
             f"| {100 * o.own_compute:.0f}% "
             f"| {o.train_s:.1f} | {o.wan_rounds} |"
@@ -192,7 +193,14 @@ def write_results(
         f"- machine: {machine()}",
         f"- command: `crosscity bench wan {' '.join(a for a in argv if a != '--report-only')}`",
         f"- WAN: {args.cities} cities x {args.ranks_per_city} ranks, each city a network namespace; "
-        f"{args.rate_mbit:g} Mbit/s TBF up and down per city, {args.delay_ms:g} ms one-way delay (NFQUEUE)",
+        f"{args.rate_mbit:g} Mbit/s TBF up and down per city, {args.delay_ms:g} ms one-way delay (NFQUEUE); "
+        "the coordinator (and the baselines' store) in a hub namespace of its own, delayed like a city (RTT "
+        "to it = RTT between cities), its link "
+        + (
+            f"shaped to {args.coordinator_rate_mbit:g} Mbit/s each way (--coordinator-rate-mbit)"
+            if args.coordinator_rate_mbit
+            else "unshaped (a datacenter uplink: the star's four downloads do not queue behind each other)"
+        ),
         "- compute: "
         + (
             f"{args.city_cpus:g} CPU per city (cgroup quota, bench/wan/city_cpu.py): each city a machine "
@@ -207,7 +215,8 @@ def write_results(
         "1 - WAN / step time (the share of wall time in inner steps, the city's LAN all-reduce included, "
         "not stalled on the WAN: the Streaming DiLoCo paper's definition); own compute = (data + compute) "
         "/ step time, capped for every method by CPU contention when ranks outnumber cores; accounted "
-        "bytes = the trainer's `wan` records, wire = IP bytes that crossed the emulated WAN.",
+        "bytes = the trainer's `wan` records, wire = IP bytes that crossed the emulated WAN (cities = what "
+        "they sent, to each other or to the hub; hub = what the coordinator sent them).",
     ]
     if link is not None:
         parts.append(
@@ -230,4 +239,14 @@ def write_results(
         ]
     if failures:
         parts += ["## Runs that failed (see their logs/)", "", *[f"- {f}" for f in failures], ""]
+    parts += [
+        "## Against the committed numbers from before the transport change (issue 12)",
+        "",
+        side_by_side(main_runs, sweep_runs, args.sweep),
+        "",
+        "## Before the transport change (gloo between cities), as committed",
+        "",
+        before_text(),
+        "",
+    ]
     atomic_write_text(path, "\n".join(parts))

@@ -23,10 +23,10 @@ from pathlib import Path
 from crosscity.bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
 from crosscity.bench.wan.emulator import WanEmulator
 from crosscity.bench.wan.link_probe import LinkReport, probe
+from crosscity.bench.wan.on_hub import start_on_hub
 from crosscity.bench.wan.results_report import BenchRun, mb, write_results
 from crosscity.bench.wan.run_outcome import BENCH_FILE, RunOutcome, read_outcome
 from crosscity.core.atomic_io import atomic_write_text
-from crosscity.launch.local.launcher import LocalLauncher
 from crosscity.launch.run_dir import resolve_run
 
 BASE_CONFIG = Path(__file__).with_name("config.yaml")
@@ -36,8 +36,9 @@ LINK_FILE = "link_check.json"  # under --out: the link probe of the main rate
 
 # method name -> wan.* overrides on top of config.yaml
 METHODS: dict[str, list[str]] = {
-    "flat": ["wan.algorithm=flat"],
-    "torch_hierarchical": ["wan.algorithm=torch_hierarchical"],
+    # the world-spanning baselines run plain gloo across the WAN: they need security.insecure=true
+    "flat": ["wan.algorithm=flat", "security.insecure=true"],
+    "torch_hierarchical": ["wan.algorithm=torch_hierarchical", "security.insecure=true"],
     "average": ["wan.algorithm=average"],
     "diloco": ["wan.algorithm=diloco"],
     "streaming": ["wan.algorithm=streaming"],
@@ -72,27 +73,30 @@ def run_method(
         raise BenchError(
             f"topology.cities={cfg.topology.cities} but the emulated WAN has {wan.cities} cities"
         )
-    city_env = wan.rank_env()
     wan.reset_wire_bytes()
-    launcher = LocalLauncher(
-        path,
-        cfg,
-        store_host=wan.coordinator_addr,
-        city_prefix=lambda c: [*(cpu.exec_prefix(c) if cpu else []), *wan.exec_prefix(c)],
-        city_env=lambda city: city_env,
-        echo=False,
-    )
-    code = launcher.run()
+    code = start_on_hub(wan, path, city_prefixes(wan, cpu), wan.rank_env()).wait()
     if code != 0:
-        raise BenchError(f"{method}: run failed (exit {code}); rank logs in {path / 'logs'}")
+        raise BenchError(f"{method}: run failed (exit {code}); logs in {path / 'logs'}")
+    write_bench_info(wan, path, method)
+    return read_outcome(path)
+
+
+def city_prefixes(wan: WanEmulator, cpu: CityCpu | None) -> list[list[str]]:
+    """Per city: join its CPU budget (if any), then its network namespace."""
+    return [[*(cpu.exec_prefix(c) if cpu else []), *wan.exec_prefix(c)] for c in range(wan.cities)]
+
+
+def write_bench_info(wan: WanEmulator, run_dir: Path, method: str) -> None:
+    """RUN_DIR/bench.json: the method, the link settings and the bytes measured on the emulated WAN."""
     info = {
         "method": method,
         "rate_mbit": wan.rate_mbit,
         "delay_ms": wan.delay_ms,
+        "hub_rate_mbit": wan.hub_rate_mbit,
         "wire_bytes": wan.wire_bytes(),
+        "hub_bytes": wan.hub_bytes(),
     }
-    atomic_write_text(path / BENCH_FILE, json.dumps(info))
-    return read_outcome(path)
+    atomic_write_text(run_dir / BENCH_FILE, json.dumps(info))
 
 
 def ensure_data(data_dir: Path) -> None:
@@ -118,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks-per-city", type=int, default=2)
     p.add_argument("--rate-mbit", type=float, default=50.0, help="per-city link rate, each direction")
     p.add_argument("--delay-ms", type=float, default=20.0, help="one-way delay between cities")
+    p.add_argument(
+        "--coordinator-rate-mbit",
+        type=float,
+        default=None,
+        help="shape the hub's own link (the coordinator's, each direction) to this rate; default unshaped",
+    )
     p.add_argument("--steps", type=int, default=300, help="inner steps per rank (the sample budget)")
     p.add_argument(
         "--city-cpus",
@@ -198,6 +208,7 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[Job], cpu: CityCp
     common = [
         f"data.dir={args.data.resolve()}",
         f"topology.cities={args.cities}",
+        f"data.cities={','.join(sorted(DATA_CITIES)[: args.cities])}",  # never a silent subset
         f"topology.ranks_per_city={args.ranks_per_city}",
         *args.overrides,
     ]
@@ -210,7 +221,8 @@ def _run(args: argparse.Namespace, argv: list[str], plan: list[Job], cpu: CityCp
         if not todo:
             continue
         quota = cpu or contextlib.nullcontext()
-        with WanEmulator(args.cities, rate, args.delay_ms) as wan, quota as city_cpu:
+        emulator = WanEmulator(args.cities, rate, args.delay_ms, hub_rate_mbit=args.coordinator_rate_mbit)
+        with emulator as wan, quota as city_cpu:
             if rate == args.rate_mbit and args.cities >= 2:
                 link = probe(wan)
                 print(f"[bench] link check at {rate:g} Mbit/s: {link}", flush=True)

@@ -17,7 +17,9 @@ definitions live in one place (and docs/wan_emulation.md quotes them):
   own-compute share, (t_data + t_compute) / t_step, which on a host with fewer cores than ranks
   is capped by CPU contention (peers' compute shows up as LAN waiting) for every method alike.
 - WAN bytes: `bytes_sent` of the `wan` records (the trainer's exact accounting), and, when the
-  bench measured it, the IP bytes that really crossed the emulated WAN (`wire_bytes`).
+  bench measured it, the IP bytes that really crossed the emulated WAN: what the cities sent
+  (`wire_bytes`, to each other and to the hub) and what the hub sent them (`hub_bytes`: the
+  coordinator's replies and downloads, or the baselines' rendezvous store).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RunOutcome:
     curve: list[tuple[float, int, float]]  # (training seconds, step, pooled val RMSE)
     wan_bytes: int  # accounted by the trainer, all ranks
     wire_bytes: int | None  # measured on the emulated WAN, all cities
+    hub_bytes: int | None  # measured: what the hub (coordinator) sent to the cities
     compute_util: float  # 1 - t_wan / t_step: inner steps (LAN included) vs stalled on the WAN
     city_util: tuple[float, float]  # (lowest, highest) city: a wide spread = cities waited for a slower one
     own_compute: float  # (t_data + t_compute) / t_step: capped by CPU contention on a shared host
@@ -140,6 +143,7 @@ def read_outcome(run_dir: Path) -> RunOutcome:
         curve=curve,
         wan_bytes=sum(r["bytes_sent"] for r in wan),
         wire_bytes=sum(bench["wire_bytes"]) if "wire_bytes" in bench else None,
+        hub_bytes=bench.get("hub_bytes"),
         compute_util=util,
         city_util=city_util,
         own_compute=own,

@@ -1,1 +1,1 @@
-"""Torch-free pieces every layer may use: atomic writes, exit codes."""
+"""Torch-free pieces every layer may use: atomic writes (atomic_io), exit codes (exit_codes)."""

@@ -18,9 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crosscity.launch.slurm.history import city_histories, describe, read_events
+
 JOBS_FILE = "slurm/jobs.json"  # written by submit/sweep inside the run or sweep folder
-FINISHED = {
+FINISHED = {  # Slurm's final job states
     "COMPLETED",
+    "PREEMPTED",
     "FAILED",
     "CANCELLED",
     "TIMEOUT",
@@ -176,34 +179,49 @@ def entry_states(jobs: dict) -> dict[str, JobState]:
 
 
 def status_rows(folder: Path) -> list[dict]:
-    """One row per entry of jobs.json (a city of a run, or a point of a sweep)."""
+    """One row per entry of jobs.json (a city of a run, or a point of a sweep); a run's cities also
+    carry what the coordinator saw of them and what the coordinator job did (launch/slurm/history.py)."""
     jobs = load_jobs(folder)
     states = entry_states(jobs)
+    city_of = {
+        e["name"]: int(e["name"][4:])
+        for e in jobs["entries"]
+        if jobs.get("kind") == "run" and re.fullmatch(r"city\d+", e["name"])
+    }
+    histories = {}
+    if city_of:  # one run: every entry names the same run folder
+        events = read_events(Path(jobs["entries"][0]["run_dir"]))
+        histories = city_histories(events, list(city_of.values()))
     rows = []
     for e in jobs["entries"]:
         st = states[e["name"]]
         run_dir = Path(e["run_dir"])
-        rows.append(
-            {
-                "name": e["name"],
-                "job": e["job"],
-                "state": st.state,
-                "exit": "" if st.exit_code is None else st.exit_code,
-                "restarts": st.restarts,
-                "step": last_step(run_dir, e.get("ranks", [])),
-                "last_line": last_line(Path(e["log"])),
-            }
-        )
+        row = {
+            "name": e["name"],
+            "job": e["job"],
+            "state": st.state,
+            "exit": "" if st.exit_code is None else st.exit_code,
+            "restarts": st.restarts,
+            "step": last_step(run_dir, e.get("ranks", [])),
+            "last_line": last_line(Path(e["log"])),
+        }
+        if e["name"] in city_of:
+            history, supervisor = histories[city_of[e["name"]]], e.get("supervisor", [])
+            row.update(history.as_row(), supervisor=supervisor)
+            row["history"] = describe(e["name"], history, supervisor)
+        rows.append(row)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
+    """The table (one line per entry), then a run's cities one line each: liveness, rounds, outages."""
     head = ("name", "job", "state", "exit", "restarts", "step", "last_line")
     cells = [[str("" if r[k] is None else r[k]) for k in head] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
     widths[-1] = 0
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines += [r["history"] for r in rows if r.get("history")]
     return "\n".join(lines)
 
 

@@ -3,127 +3,54 @@
 By default generated sbatch scripts + `sbatch --parsable`, not submitit, because:
 - the scripts ARE the documented templates (slurm/city.sbatch, slurm/coordinator.sbatch) with the
   resources filled in, so `--dry-run` prints exactly what runs and a user can re-`sbatch` them;
-- no pickled callables and no `sacct` dependency: state comes from `launch.job_status`;
-- requeue of ONE array task after a checkpoint (exit 75) is two lines of the script;
+- no pickled callables and no `sacct` dependency: state comes from `launch/slurm/status.py`;
+- requeue of ONE array task after a checkpoint (EXIT_REQUEUE) is a few lines of the script;
 - submission is one `sbatch` per array and returns at once: nothing waits on the login node.
-Cities whose resolved resources (slurm.per_city) are identical share one array; arrays longer
-than the cluster's MaxArraySize are split; each array exports its list of cities so every task
-still sees the right city (train/topology_env.py). `--via submitit` submits the same jobs through
-submitit instead (launch/submitit_jobs.py, the Python API).
+The arrays and their options come from launch/slurm/plan.py; `--via submitit` submits the same jobs
+through submitit instead (launch/slurm/submitit_jobs.py, the Python API).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import shlex
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from crosscity.config.schema import Config, ConfigError, SlurmConfig, load_config
+from crosscity.config import Config, ConfigError
 from crosscity.core.atomic_io import atomic_write_text
-from crosscity.launch.run_dir import resolve_run
-from crosscity.launch.slurm.status import JOBS_FILE
-
-# The templates: slurm/ of this checkout (or an editable install), else the copy a wheel installs
-# under <prefix>/share/crosscity/slurm (setup.cfg data_files; the top-level slurm/ is no package).
-TEMPLATE_DIRS = (
-    Path(__file__).resolve().parents[2] / "slurm",
-    *(
-        Path(sysconfig.get_path("data", scheme)) / "share" / "crosscity" / "slurm"
-        for scheme in dict.fromkeys([sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")])
-    ),
+from crosscity.core.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED
+from crosscity.data_prep.errors import DataPrepError
+from crosscity.launch.preflight import HostError, LoginNode, check_host
+from crosscity.launch.run_dir import load_run
+from crosscity.launch.slurm.plan import (
+    SubmitError,
+    city_arrays,
+    city_directives,
+    coordinator_directives,
+    max_array_size,
+    new_record,
+    record_array,
+    render,
+    resolve_submission,
+    template_body,
+    template_variables,
 )
-BODY_MARK = "### body:"
+from crosscity.launch.slurm.submitit_jobs import describe_run, submit_run
 
 
-class SubmitError(RuntimeError):
-    """sbatch refused a script; the message carries its stderr."""
-
-
-def exit_code(command: str, exc: ConfigError | SubmitError) -> int:
-    """One line on stderr; exit 2 for bad input (the config), 1 when Slurm refused (submit, sweep)."""
-    if isinstance(exc, ConfigError):
-        print(f"{command}: config error: {exc}", file=sys.stderr)
-        return 2
+def exit_code(command: str, exc: ConfigError | HostError | SubmitError | DataPrepError) -> int:
+    """One line on stderr; exit 2 for bad input (the config, the host, the data), 1 when Slurm refused."""
+    if isinstance(exc, ConfigError | DataPrepError):
+        kind = "config" if isinstance(exc, ConfigError) else "data"
+        print(f"{command}: {kind} error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{command}: {exc}", file=sys.stderr)
-    return 1
-
-
-def max_array_size(default: int = 1001) -> int:
-    """The cluster's MaxArraySize (largest array index + 1); Slurm's default if the controller is silent."""
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return default
-    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-    return int(found.group(1)) if found else default
-
-
-def chunks(items: Sequence[int], size: int) -> list[list[int]]:
-    """Split array members into chunks whose task ids 0..len-1 stay below MaxArraySize."""
-    if size < 1:
-        raise ValueError(f"chunk size {size}: must be >= 1")
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def template_path(name: str) -> Path:
-    """slurm/NAME from the first template folder that has it."""
-    for folder in TEMPLATE_DIRS:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"sbatch template {name} not found in {', '.join(map(str, TEMPLATE_DIRS))}")
-
-
-def template_body(name: str) -> str:
-    """Everything after the body mark of slurm/NAME: the part generated scripts share with the template."""
-    path = template_path(name)
-    text = path.read_text()
-    at = text.find(BODY_MARK)
-    if at < 0:
-        raise FileNotFoundError(f"{path}: no '{BODY_MARK}' line")
-    return text[text.index("\n", at) + 1 :]
-
-
-def render(directives: list[str], variables: dict[str, str], body: str, comment: str) -> str:
-    """A complete sbatch script: header comment, #SBATCH lines, exported variables, shared body."""
-    lines = ["#!/bin/bash", f"# {comment}", "# Generated by crosscity; re-submit with sbatch if needed."]
-    lines += [f"#SBATCH {d}" for d in directives]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in variables.items()]
-    return "\n".join(lines) + "\n" + body
-
-
-def resource_directives(slurm: SlurmConfig, ranks_per_city: int) -> list[str]:
-    """The sbatch options of one city: its nodes and tasks, then the shared placement options."""
-    out = [
-        f"--nodes={slurm.nodes}",
-        f"--ntasks-per-node={slurm.tasks_per_node_for(ranks_per_city)}",
-        f"--cpus-per-task={slurm.cpus_per_task}",
-    ]
-    return out + placement_directives(slurm) + list(slurm.extra)
-
-
-def placement_directives(slurm: SlurmConfig) -> list[str]:
-    """Time, partition, account, qos, memory, constraint and GPUs: the same for cities and sweep points."""
-    out = [f"--time={slurm.time_min}"]
-    optional = {
-        "partition": slurm.partition,
-        "account": slurm.account,
-        "qos": slurm.qos,
-        "mem": slurm.mem,
-        "constraint": slurm.constraint,
-    }
-    out += [f"--{k}={v}" for k, v in optional.items() if v]
-    if slurm.gpus_per_node:
-        out.append(f"--gpus-per-node={slurm.gpus_per_node}")
-    return out
+    return EXIT_BAD_INPUT if isinstance(exc, HostError) else EXIT_FAILED
 
 
 def sbatch(script: Path, *args: str) -> str:
@@ -136,93 +63,6 @@ def sbatch(script: Path, *args: str) -> str:
     if done.returncode != 0:
         raise SubmitError(f"{shlex.join(cmd)} failed: {done.stderr.strip()}")
     return done.stdout.strip().split(";")[0]
-
-
-def write_jobs(folder: Path, jobs: dict) -> None:
-    atomic_write_text(folder / JOBS_FILE, json.dumps(jobs, indent=1))
-
-
-@dataclass
-class CityArray:
-    """Cities with identical resolved resources: one Slurm array, task i runs cities[i]."""
-
-    cities: list[int]
-    slurm: SlurmConfig
-
-
-def city_arrays(cfg: Config, max_array: int) -> list[CityArray]:
-    """Group the cities by their resources (slurm.per_city), in order of each group's first city;
-    split every group at MaxArraySize."""
-    resolved = cfg.slurm.for_cities(cfg.topology.ranks_per_city, cfg.topology.cities, cfg.data.cities)
-    groups: list[tuple[SlurmConfig, list[int]]] = []
-    for city, slurm in enumerate(resolved):
-        members = next((m for res, m in groups if res == slurm), None)
-        if members is None:
-            groups.append((slurm, [city]))
-        else:
-            members.append(city)
-    return [CityArray(part, slurm) for slurm, members in groups for part in chunks(members, max_array)]
-
-
-def city_directives(cfg: Config, array: CityArray) -> list[str]:
-    """The sbatch options of one array of cities, without name and output (the two paths differ there)."""
-    slurm = array.slurm
-    return [
-        *resource_directives(slurm, cfg.topology.ranks_per_city),
-        f"--signal={cfg.train.requeue_signal}@{slurm.signal_lead_s}",
-        "--requeue",
-    ]
-
-
-def coordinator_directives(cfg: Config, arrays: list[CityArray]) -> list[str]:
-    """One small task, alive as long as the longest city may run."""
-    slurm = cfg.slurm
-    optional = {"partition": slurm.partition, "account": slurm.account, "qos": slurm.qos}
-    return [
-        "--nodes=1",
-        "--ntasks=1",
-        "--cpus-per-task=1",
-        f"--time={max(a.slurm.time_min for a in arrays)}",
-        *[f"--{k}={v}" for k, v in optional.items() if v],
-    ]
-
-
-def template_variables(run_dir: Path) -> dict[str, str]:
-    """The variables every template body reads: where the run is and which Python runs crosscity."""
-    python = sys.executable
-    return {"RUN_DIR": str(run_dir), "PYTHON": python, "CROSSCITY": f"{python} -m crosscity"}
-
-
-def new_record(run_dir: Path) -> dict:
-    """An empty jobs.json record; drops a stale coordinator address (the cities wait for the new one)."""
-    (run_dir / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
-    (run_dir / "coordinator.json").unlink(missing_ok=True)
-    return {"kind": "run", "coordinator": None, "arrays": [], "entries": []}
-
-
-def record_array(
-    jobs: dict,
-    run_dir: Path,
-    array_id: str,
-    cities: list[int],
-    ranks_per_city: int,
-    tasks: list[tuple[str, Path]],
-) -> None:
-    """Add one submitted array (task job ids and logs, in city order) and rewrite jobs.json, so a
-    failure later still leaves a record of what runs."""
-    jobs["arrays"].append(array_id)
-    for city, (job, log) in zip(cities, tasks, strict=True):
-        jobs["entries"].append(
-            {
-                "name": f"city{city}",
-                "job": job,
-                "run_dir": str(run_dir),
-                "ranks": [city * ranks_per_city + r for r in range(ranks_per_city)],
-                "log": str(log),
-            }
-        )
-    jobs["entries"].sort(key=lambda e: int(e["name"].removeprefix("city")))
-    write_jobs(run_dir, jobs)
 
 
 @dataclass
@@ -249,7 +89,7 @@ def plan_run(cfg: Config, run_dir: Path, max_array: int) -> Plan:
             ],
             common,
             template_body("coordinator.sbatch"),
-            f"rendezvous store of run {run_dir}",
+            f"coordinator and city supervisor of run {run_dir}",
         )
     scripts = []
     for array in arrays:
@@ -295,8 +135,19 @@ def submit_plan(plan: Plan, ranks_per_city: int) -> dict:
         array = sbatch(path, *after)
         logs = plan.run_dir / "logs" / "slurm"
         tasks = [(f"{array}_{t}", logs / f"city-{array}_{t}.out") for t in range(len(cities))]
-        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks)
+        record_array(jobs, plan.run_dir, array, cities, ranks_per_city, tasks, path)
     return jobs
+
+
+def submit(
+    config: str | Path, overrides: Sequence[str] = (), *, via: Literal["sbatch", "submitit"] = "sbatch"
+) -> tuple[Path, dict]:
+    """Check, write and submit a run; returns at once with its folder and its jobs.json record."""
+    if via == "submitit":
+        submitted = submit_run(config, overrides)
+        return submitted.run_dir, submitted.record
+    cfg, run_dir = resolve_submission(config, overrides)
+    return run_dir, submit_plan(plan_run(cfg, run_dir, max_array_size()), cfg.topology.ranks_per_city)
 
 
 def main(argv: list[str]) -> int:
@@ -305,7 +156,8 @@ def main(argv: list[str]) -> int:
         prog="crosscity submit",
         description="Submit the cities of a run as Slurm job arrays (one task per city; cities with "
         "different slurm.per_city resources go into different arrays), plus a small coordinator job "
-        "that hosts the rendezvous store. Resources come from the config's slurm: section.",
+        "that runs the coordinator and brings back city tasks that end unfinished. Resources come from "
+        "the config's slurm: section.",
         epilog="examples:\n  crosscity submit configs/beijing_mlp.yaml topology.cities=2 --dry-run\n"
         "  crosscity submit configs/beijing_mlp.yaml train.run_dir=runs/exp1\n"
         "  crosscity submit configs/beijing_mlp.yaml 'slurm.per_city={0: {mem: 32G}}' --via submitit\n"
@@ -328,18 +180,12 @@ def main(argv: list[str]) -> int:
     args = p.parse_intermixed_args(argv)
     try:
         if args.dry_run:
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_run(args.config, args.overrides, slurm=True)
+            check_host(cfg, LoginNode())
             print(_dry_run(cfg, Path(cfg.train.run_dir).resolve(), args.via), end="")
             return 0
-        if args.via == "submitit":
-            from crosscity.launch.slurm.submitit_jobs import submit_run
-
-            submitted = submit_run(args.config, args.overrides)
-            run_dir, jobs = submitted.run_dir, submitted.record
-        else:
-            cfg, run_dir = resolve_run(args.config, args.overrides)
-            jobs = submit_plan(plan_run(cfg, run_dir, max_array_size()), cfg.topology.ranks_per_city)
-    except (ConfigError, SubmitError) as exc:
+        run_dir, jobs = submit(args.config, args.overrides, via=args.via)
+    except (ConfigError, HostError, SubmitError, DataPrepError) as exc:
         return exit_code("crosscity submit", exc)
     coord = f"coordinator job {jobs['coordinator']}, " if jobs["coordinator"] else ""
     print(
@@ -351,8 +197,6 @@ def main(argv: list[str]) -> int:
 
 def _dry_run(cfg: Config, run_dir: Path, via: str) -> str:
     if via == "submitit":
-        from crosscity.launch.slurm.submitit_jobs import describe_run
-
         return describe_run(cfg, run_dir, max_array_size())
     plan = plan_run(cfg, run_dir, max_array_size())
     named = [
@@ -364,17 +208,3 @@ def _dry_run(cfg: Config, run_dir: Path, via: str) -> str:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-__all__ = [
-    "CityArray",
-    "Plan",
-    "city_arrays",
-    "plan_run",
-    "submit_plan",
-    "main",
-    "max_array_size",
-    "chunks",
-    "exit_code",
-    "sbatch",
-]

@@ -6,16 +6,19 @@
     # crosscity status runs/exp1  # reads RUN_DIR/slurm/jobs.json, written here as by `crosscity submit`
 
 Same coordinator, same arrays (grouped by slurm.per_city resources, split past MaxArraySize), same
-#SBATCH options (launch/submit.py builds both). srun starts `run_city_rank` once per rank; the city
+#SBATCH options (launch/slurm/plan.py builds both). srun starts `run_city_rank` once per rank; the city
 travels in the task's pickle, and the rank runs `crosscity train RUN_DIR` like the sbatch template.
 
 Preemption: Slurm sends train.requeue_signal (our --signal replaces submitit's USR2). submitit's own
 handler for it would checkpoint a Checkpointable from rank 0 alone at any instant and requeue; here it
 is replaced: the job exports SUBMITIT_PREEMPT_SIGNAL=<the same signal> and the trainer installs its
-handler after submitit's, so every rank of every city checkpoints at one agreed step. The preempted
-city's ranks exit 75 (no result pickle), and the batch script's teardown requeues only that array
-task, as slurm/city.sbatch does. submitit's SIGTERM bypass stays: a preemption's SIGTERM does not
-kill the ranks before the requeue signal; `scancel` still ends them after KillWait.
+handler after submitit's, so every rank of the preempted city checkpoints at one agreed step. Its
+ranks exit EXIT_REQUEUE (no result pickle), and the batch script's teardown requeues only that array
+task with slurm/city.sbatch's own requeue lines; the other cities train on. The city's rendezvous file
+comes from the same template (its `### city:` lines); jobs.json records each task's submission script
+and pickle, with which the coordinator job resubmits a task Slurm will not requeue. submitit's
+SIGTERM bypass stays: a preemption's SIGTERM does not kill the ranks before the requeue signal;
+`scancel` still ends them after KillWait.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from typing import Any
 
 import submitit
 
-from crosscity.config.schema import Config
-from crosscity.launch.run_dir import resolve_run
-from crosscity.launch.slurm.submit import (
+from crosscity.config import Config
+from crosscity.core.exit_codes import EXIT_REQUEUE
+from crosscity.launch.slurm.plan import (
     CityArray,
     SubmitError,
     city_arrays,
@@ -44,24 +47,12 @@ from crosscity.launch.slurm.submit import (
     max_array_size,
     new_record,
     record_array,
+    resolve_submission,
     template_body,
+    template_section,
     template_variables,
 )
 
-EXIT_REQUEUE = 75  # train.trainer.EXIT_REQUEUE (not imported: that pulls torch onto the login node)
-# After srun in the batch script: requeue only this array task when its ranks checkpointed (exit 75).
-REQUEUE_TEARDOWN = [
-    "rc=$?",
-    "task=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}",
-    "task=${task:-$SLURM_JOB_ID}",
-    f"if ((rc == {EXIT_REQUEUE})); then",
-    '    echo "[crosscity $(date +%H:%M:%S) $task] ranks checkpointed after the requeue signal: '
-    'requeueing $task only"',
-    '    scontrol requeue "$task"',
-    "    exit 0",
-    "fi",
-    "exit $rc",
-]
 COORDINATOR_WAIT_S = 300
 
 
@@ -69,7 +60,8 @@ COORDINATOR_WAIT_S = 300
 
 
 def run_city_rank(run_dir: str, city: int, num_cities: int, coordinator: str) -> int:
-    """One rank of one city (srun starts it once per task): set the topology, run `crosscity train`."""
+    """One rank of one city (srun starts it once per task): set the topology, run the rank as
+    `crosscity train RUN_DIR` would."""
     os.environ.update(CROSSCITY_CITY=str(city), CROSSCITY_NUM_CITIES=str(num_cities))
     if coordinator == "job":
         os.environ.pop("MASTER_ADDR", None)
@@ -89,11 +81,11 @@ def run_city_rank(run_dir: str, city: int, num_cities: int, coordinator: str) ->
             f"{os.environ.get('SLURM_JOB_NODELIST')} (restart {os.environ.get('SLURM_RESTART_COUNT', 0)})",
             flush=True,
         )
-    from crosscity.launch.cli import main as crosscity
+    from crosscity.train.trainer import run_rank  # this runs on the node: the rank itself imports torch
 
-    code = crosscity(["train", run_dir])
+    code = run_rank(Path(run_dir))
     if code == EXIT_REQUEUE:
-        sys.exit(code)  # no result pickle: the run is not over; REQUEUE_TEARDOWN requeues this task
+        sys.exit(code)  # no result pickle: the run is not over; the teardown requeues this task
     if code != 0:
         raise RuntimeError(f"city {city}: crosscity train {run_dir} exited with {code}")
     return code
@@ -141,8 +133,14 @@ def city_parameters(cfg: Config, run_dir: Path, array: CityArray) -> dict[str, A
         "time": slurm.time_min,
         "array_parallelism": len(array.cities),  # the cities of a run train together
         "stderr_to_stdout": True,
-        "setup": [f"export SUBMITIT_PREEMPT_SIGNAL={cfg.train.requeue_signal}"],
-        "teardown": REQUEUE_TEARDOWN,
+        # slurm/city.sbatch's requeue piece before srun, and its call after: one teardown for both paths
+        "setup": [
+            f"export SUBMITIT_PREEMPT_SIGNAL={cfg.train.requeue_signal} EXIT_REQUEUE={EXIT_REQUEUE}",
+            f"RUN_DIR={shlex.quote(str(run_dir))} CROSSCITY_ARRAY_CITIES={','.join(map(str, array.cities))}",
+            *template_section("city.sbatch", "requeue"),
+            *template_section("city.sbatch", "city"),  # the city's rendezvous file for this start
+        ],
+        "teardown": ["requeue_or_exit $?"],
         "additional_parameters": _as_parameters(city_directives(cfg, array)),
     }
 
@@ -180,7 +178,7 @@ def submit_run(
     `folder` holds submitit's pickles and logs [RUN_DIR/submitit]; a fresh one per run, as Slurm
     job ids restart at 1 on a cold controller and a reused folder could return a stale result.
     """
-    cfg, run_dir = resolve_run(config, list(overrides))
+    cfg, run_dir = resolve_submission(config, overrides)
     folder = Path(folder) if folder is not None else run_dir / "submitit"
     arrays = city_arrays(cfg, max_array_size())
     record = new_record(run_dir)
@@ -199,7 +197,10 @@ def submit_run(
             cities.update(zip(array.cities, jobs, strict=True))
             tasks = [(job.job_id, job.paths.stdout) for job in jobs]
             array_id = jobs[0].job_id.split("_")[0]
-            record_array(record, run_dir, array_id, array.cities, cfg.topology.ranks_per_city, tasks)
+            pickles = [job.paths.submitted_pickle for job in jobs]
+            script = jobs[0].paths.submission_file
+            ranks = cfg.topology.ranks_per_city
+            record_array(record, run_dir, array_id, array.cities, ranks, tasks, script, pickles)
     except RuntimeError as exc:  # what submitit raises: no srun here, sbatch refused a job
         raise SubmitError(f"submitit: {exc}") from None
     return RunJobs(run_dir, coordinator, [cities[c] for c in sorted(cities)], record)

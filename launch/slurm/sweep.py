@@ -22,21 +22,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from crosscity.config.schema import Config, ConfigError, load_config
+from crosscity.config import Config, ConfigError, load_config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
-from crosscity.launch.run_dir import resolve_run
-from crosscity.launch.slurm.status import FINISHED, JOBS_FILE, entry_states, load_jobs, tail_lines
-from crosscity.launch.slurm.submit import (
+from crosscity.data_prep.errors import DataPrepError
+from crosscity.data_prep.run_checks import check_runs_data
+from crosscity.launch.preflight import HostError, LoginNode, check_host
+from crosscity.launch.run_dir import load_run, write_run
+from crosscity.launch.slurm.plan import (
     SubmitError,
     chunks,
-    exit_code,
     max_array_size,
     placement_directives,
     render,
-    sbatch,
     template_body,
     write_jobs,
 )
+from crosscity.launch.slurm.status import FINISHED, JOBS_FILE, entry_states, load_jobs, tail_lines
+from crosscity.launch.slurm.submit import exit_code, sbatch
 
 SWEEP_FILE = "sweep.json"
 DEFAULT_COMMAND = "{python} -m crosscity run {config}"
@@ -78,17 +80,30 @@ def point_cpus(cfg: Config) -> int:
     return cfg.topology.cities * cfg.topology.ranks_per_city * cfg.slurm.cpus_per_task
 
 
-def prepare_points(
-    config: str, overrides: list[str], points: list[dict[str, str]], sweep_dir: Path, command: str
-) -> list[dict]:
-    """Resolve and write every point's config (all errors before anything is submitted)."""
-    records = []
+def load_points(config: str, overrides: list[str], points: list[dict[str, str]], slurm: bool) -> list[Config]:
+    """Every point's checked config; `slurm`: the points run as Slurm array tasks, so the config's
+    Slurm rules and what a login node can tell apply (each point's `crosscity run` checks its host)."""
+    configs = []
     for i, params in enumerate(points):
-        run_dir = sweep_dir / "points" / point_name(i)
         try:
-            cfg, _ = resolve_run(config, [*overrides, *(f"{k}={v}" for k, v in params.items())], run_dir)
+            cfg = load_run(config, [*overrides, *(f"{k}={v}" for k, v in params.items())], slurm=slurm)
         except ConfigError as exc:
             raise ConfigError(f"sweep point {point_name(i)} {params}: {exc}") from None
+        if slurm:
+            check_host(cfg, LoginNode())
+        configs.append(cfg)
+    return configs
+
+
+def prepare_points(
+    configs: list[Config], points: list[dict[str, str]], sweep_dir: Path, command: str
+) -> list[dict]:
+    """Write every (already checked) point's folder: config.yaml and command.sh."""
+    records = []
+    for i, (cfg, params) in enumerate(zip(configs, points, strict=True)):
+        run_dir = sweep_dir / "points" / point_name(i)
+        cfg.train.run_dir = str(run_dir)
+        write_run(cfg)
         cmd = command.format(
             python=shlex.quote(sys.executable),
             config=shlex.quote(str(run_dir / "config.yaml")),
@@ -289,9 +304,11 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
+        configs = load_points(args.config, args.overrides, points, slurm=not args.local)
         if args.dry_run:
-            return _dry_run(args, points, sweep_dir)
-        records = prepare_points(args.config, args.overrides, points, sweep_dir, args.command)
+            return _dry_run(args, configs[0], points, sweep_dir)
+        check_runs_data(configs)  # every point's data settings, before anything is written
+        records = prepare_points(configs, points, sweep_dir, args.command)
         (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             sweep_dir / SWEEP_FILE,
@@ -305,10 +322,9 @@ def main(argv: list[str]) -> int:
                 indent=1,
             ),
         )
-        cfg = load_config(Path(records[0]["run_dir"]) / "config.yaml")
         jobs = {"kind": "sweep", "arrays": [], "entries": []}
-        jobs = _launch(cfg, sweep_dir, [r["name"] for r in records], args, jobs)
-    except (ConfigError, SubmitError) as exc:
+        jobs = _launch(configs[0], sweep_dir, [r["name"] for r in records], args, jobs)
+    except (ConfigError, HostError, SubmitError, DataPrepError) as exc:
         return exit_code("crosscity sweep", exc)
     if args.local:
         bad = failed_points(jobs)
@@ -325,13 +341,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _dry_run(args: argparse.Namespace, points: list[dict[str, str]], sweep_dir: Path) -> int:
+def _dry_run(args: argparse.Namespace, cfg: Config, points: list[dict[str, str]], sweep_dir: Path) -> int:
     names = [point_name(i) for i in range(len(points))]
     for name, params in zip(names, points, strict=True):
-        load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in params.items())])
         print(f"# {name}: {' '.join(f'{k}={v}' for k, v in params.items())}")
     if not args.local:
-        cfg = load_config(args.config, args.overrides)
         for i, (_, text) in enumerate(plan_arrays(cfg, sweep_dir, names, args.parallel, max_array_size())):
             print(f"# ===== {sweep_dir}/slurm/sweep-{i}.sbatch\n{text}")
     return 0

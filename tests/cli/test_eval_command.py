@@ -34,12 +34,17 @@ def test_eval_reproduces_the_run_s_own_validation_numbers_exactly(finished_run: 
         for key in ("rmse", "mae", "persistence_rmse", "persistence_mae", "n_windows"):
             assert mine[key] == theirs[f"val_{key}"], key  # bit for bit, not approximately
     assert result["overall"]["rmse"] == summary["overall"]["val_rmse"]
-    # final/model.pt is the model of the best validation pass, which the run logged at that step
+    # final/model.pt is the global model of the validation pass with the lowest pooled RMSE
     chosen = summary["final_model"]
-    passes = {rec["step"]: rec for rec in read_records(finished_run, "val_pooled")}
+    passes = {rec["step"]: rec for rec in chosen["passes"]}
     assert sorted(passes) == [10, 20, 30, 40] and chosen["last_step"] == 40
-    assert chosen["step"] == min(passes, key=lambda s: passes[s]["rmse"])
+    assert chosen["step"] == min(passes, key=lambda s: passes[s]["rmse"]) and chosen["selected_by"] == "best"
     assert passes[chosen["step"]]["rmse"] == result["overall"]["rmse"]
+    candidates = sorted(p.name for p in (finished_run / "final" / "candidates").iterdir())
+    assert candidates == [f"step{s}.pt" for s in (10, 20, 30, 40)]
+    assert (finished_run / "final" / "model.pt").read_bytes() == (
+        finished_run / "final" / "candidates" / f"step{chosen['step']}.pt"
+    ).read_bytes()
     for name in ("centre", "east", "overall"):
         assert any(line.startswith(name) for line in r.stdout.splitlines()), r.stdout
 
@@ -67,12 +72,15 @@ def test_eval_of_a_folder_that_is_no_run_is_one_line_exit_2(tmp_path: Path) -> N
 
 
 def test_early_stopping_ends_training_and_keeps_the_best_model(small_dataset: Path, tmp_path: Path) -> None:
-    """patience=1 and a learning rate that overshoots: the second pass is worse, training stops there."""
+    """patience=1 and a learning rate that overshoots: the second pass is worse, training stops there.
+    Early stopping pools the validation during training: a world over every city (flat)."""
     run_dir = tmp_path / "run"
-    overrides = [*RUN, "train.steps=200", "train.patience=1", "optim.lr=0.05"]
+    flat = ["wan.algorithm=flat", "security.insecure=true"]
+    overrides = [*RUN, *flat, "train.steps=200", "train.patience=1", "optim.lr=0.05"]
     r = crosscity("run", str(CONFIG), f"data.dir={small_dataset}", *overrides, f"train.run_dir={run_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
     chosen = json.loads((run_dir / "summary.json").read_text())["final_model"]
     assert chosen["stopped_early"] and chosen["last_step"] < 200
-    passes = [rec["step"] for rec in read_records(run_dir, "val_pooled")]
+    passes = [rec["step"] for rec in chosen["passes"]]
     assert passes[-1] == chosen["last_step"] and chosen["step"] == chosen["last_step"] - 10
+    assert any(e["event"] == "early_stop" for e in read_records(run_dir, "event"))

@@ -7,19 +7,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
 
-from crosscity.config.schema import ModelConfig
+from crosscity.config import ModelConfig
 from crosscity.data_prep.cli import PRESETS_DIR
 from crosscity.data_prep.cli import main as prep
-from crosscity.train.checkpoint import load_checkpoint
 from crosscity.train.data.windows import CityWindows
 from crosscity.train.evaluate import score
 from crosscity.train.init_from import windows_after
 from crosscity.train.models import build_model
-from crosscity.train.observe.metrics_log import read_records
 from tests.helpers.data import small_cities, small_inputs
 from tests.helpers.runs import CONFIG, QUICK, crosscity, final_params
 
@@ -59,12 +58,12 @@ def test_init_from_starts_from_exactly_the_saved_parameters(
     saved, continued = final_params(first), final_params(tmp_path / "again")
     assert all(torch.equal(saved[k], continued[k]) for k in saved)
     before = json.loads((first / "summary.json").read_text())
-    assert {c: d["version"] for c, d in before["dataset"].items()} == {"centre": 1, "north": 1}
-    assert {c: d["version"] for c, d in summary["dataset"].items()} == {"centre": 2, "north": 2}
+    assert {c["name"]: c["dataset"]["version"] for c in before["cities"]} == {"centre": 1, "north": 1}
+    assert {c["name"]: c["dataset"]["version"] for c in summary["cities"]} == {"centre": 2, "north": 2}
     # the new hours: test windows after the first run's data, scored before and after (equal here)
     new = summary["new_hours"]
     assert new["after"]["n_windows"] > 0 and new["before"] == new["after"]
-    end = before["dataset"]["north"]["time_span"][1]
+    end = next(c for c in before["cities"] if c["name"] == "north")["dataset"]["time_span"][1]
     test = CityWindows(data / "north", split="test")
     model = build_model(ModelConfig(hidden=32), 48, test.n_inputs, 24)
     model.load_state_dict(saved)
@@ -75,15 +74,19 @@ def test_init_from_starts_from_exactly_the_saved_parameters(
 
 
 def test_diloco_carries_the_outer_momentum(first_run: tuple[Path, Path], tmp_path: Path) -> None:
-    """lr 0: the only thing that moves the model is the carried Nesterov momentum, in the one final
-    round (sync_every 20 > 10 steps): anchor - outer_lr * mu * (mu * buffer)."""
+    """lr 0: the only thing that moves the model is the carried Nesterov momentum (the coordinator's),
+    in the one final round (sync_every 20 > 10 steps): global - outer_lr * mu * (mu * buffer)."""
     data, first = first_run
     _continue(data, first, tmp_path / "diloco", "optim.lr=0")
-    events = [e["message"] for e in read_records(tmp_path / "diloco", "event") if e["event"] == "init_from"]
-    assert events and all(m.endswith("outer state: True") for m in events)
-    buffer = load_checkpoint(first / "checkpoints" / "city0" / "rank0.pt")["sync"]["outer"]["state"][0]
+    coordinator = tmp_path / "diloco" / "coordinator"
+    events = [json.loads(line) for line in (coordinator / "events.jsonl").read_text().splitlines()]
+    carried = [e for e in events if e["event"] == "init_from"]
+    assert carried and all(e["outer_state"] for e in carried)
+    state = json.loads((first / "coordinator" / "state.json").read_text())
+    with np.load(first / "coordinator" / state["arrays"]) as npz:
+        buffer = torch.from_numpy(npz["outer_buf0"])
     start = parameters_to_vector(final_params(first).values())
-    expected = start - 0.7 * 0.9 * (0.9 * buffer["momentum_buffer"])
+    expected = start - 0.7 * 0.9 * (0.9 * buffer)
     got = parameters_to_vector(final_params(tmp_path / "diloco").values())
     assert not torch.equal(got, start)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.data import flip_byte
 from tests.helpers.runs import (
     CONFIG,
     QUICK,
@@ -39,6 +40,7 @@ def test_hierarchical_h1_equals_flat_data_parallel(small_dataset: Path, tmp_path
             str(CONFIG),
             *common,
             f"wan.algorithm={algo}",
+            *(["security.insecure=true"] if algo == "flat" else []),  # flat is plain gloo across cities
             "wan.sync_every=1",
             f"train.run_dir={tmp_path / algo}",
         )
@@ -76,10 +78,17 @@ def test_missing_data_path_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "nowhere" in r.stderr and "crosscity prep" in r.stderr
 
 
-def test_sigkill_of_one_rank_stops_everything(small_dataset: Path, tmp_path: Path) -> None:
+def test_a_failed_rank_stops_a_world_spanning_baseline(small_dataset: Path, tmp_path: Path) -> None:
+    """flat runs one gloo world over every city: a dead rank there cannot be healed, the run stops."""
     run_dir = tmp_path / "run"
-    forever = [f"data.dir={small_dataset}", "train.steps=100000", f"train.run_dir={run_dir}", *QUICK]
-    launcher = start_crosscity("run", str(CONFIG), *forever)
+    forever = [
+        f"data.dir={small_dataset}",
+        "wan.algorithm=flat",
+        "security.insecure=true",
+        "train.steps=100000",
+        *QUICK,
+    ]
+    launcher = start_crosscity("run", str(CONFIG), *forever, f"train.run_dir={run_dir}")
     try:
         wait_for_step(run_dir, rank=5, step=3)
         pids = rank_pids(run_dir)
@@ -96,32 +105,38 @@ def test_sigkill_of_one_rank_stops_everything(small_dataset: Path, tmp_path: Pat
     assert rank_pids(run_dir) == {}, "orphaned rank processes remain"
 
 
-@pytest.mark.parametrize("algorithm", ["diloco"])
-def test_preempted_city_resumes_the_same_trajectory(
+@pytest.mark.parametrize("algorithm", ["diloco", "streaming"])
+def test_a_stopped_run_resumes_on_the_same_trajectory(
     small_dataset: Path, tmp_path: Path, algorithm: str
 ) -> None:
-    """SIGUSR2 to one city: it checkpoints and is restarted alone; the result equals an uninterrupted run."""
+    """SIGTERM to the launcher: every city stops right after its next round, the launcher exits 75;
+    the same command again resumes, and the result equals an uninterrupted run bit for bit."""
     common = [
         f"data.dir={small_dataset}",
+        "data.cities=centre,east",
         "topology.cities=2",
         f"wan.algorithm={algorithm}",
         "wan.sync_every=4",
-        "train.steps=40",
+        "wan.fragments=2",
+        "wan.overlap_steps=1",
+        "train.steps=60",
         *QUICK,
     ]
     r = crosscity("run", str(CONFIG), *common, f"train.run_dir={tmp_path / 'straight'}")
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "interrupted"
-    launcher = start_crosscity("run", str(CONFIG), *common, f"train.run_dir={run_dir}")
+    args = ("run", str(CONFIG), *common, f"train.run_dir={run_dir}")
+    launcher = start_crosscity(*args)
     wait_for_step(run_dir, rank=2, step=10)
-    for (city, _), pid in rank_pids(run_dir).items():
-        if city == 1:
-            os.kill(pid, signal.SIGUSR2)
+    launcher.send_signal(signal.SIGTERM)
     out, err = launcher.communicate(timeout=240)
-    assert launcher.returncode == 0, err[-3000:]
-    assert "city 1 checkpointed for requeue; restarting it" in out
+    assert launcher.returncode == 75, err[-3000:]
+    assert "run the same command again to resume" in out
     events = (run_dir / "metrics" / "rank2.jsonl").read_text()
-    assert '"event": "preempt"' in events and '"event": "resume"' in events
+    assert '"event": "preempt"' in events and not (run_dir / "final" / "model.pt").exists()
+    r = crosscity(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '"event": "resume"' in (run_dir / "metrics" / "rank2.jsonl").read_text()
     straight, interrupted = final_params(tmp_path / "straight"), final_params(run_dir)
     for name in straight:
         torch.testing.assert_close(interrupted[name], straight[name], rtol=0, atol=0)
@@ -133,9 +148,7 @@ def test_run_refuses_a_corrupted_dataset(small_dataset: Path, tmp_path: Path) ->
     data = tmp_path / "data"
     shutil.copytree(small_dataset, data)
     shard = sorted((data / "west").glob("*.h5"))[0]
-    raw = bytearray(shard.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    shard.write_bytes(bytes(raw))
+    flip_byte(shard)
     r = crosscity("run", str(CONFIG), f"data.dir={data}", f"train.run_dir={tmp_path / 'run'}")
     assert r.returncode == 2, r.stderr
     assert shard.name in r.stderr and "Traceback" not in r.stderr

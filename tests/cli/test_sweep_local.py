@@ -10,11 +10,11 @@ from tests.helpers.slurm import REPO
 from tests.helpers.sweep import jobs_of, sweep
 
 
-def test_local_sweep_without_slurm(tmp_path: Path) -> None:
+def test_local_sweep_without_slurm(small_dataset: Path, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "local"
     sweep_dir.mkdir()
     (sweep_dir / "fail1").touch()
-    done = sweep(sweep_dir, 3, "--local", "--parallel", "2", sleep_s=0.2)
+    done = sweep(sweep_dir, 3, "--local", "--parallel", "2", data=small_dataset, sleep_s=0.2)
     assert done.returncode == 1 and "3/3 points done (1 failed)" in done.stdout, done.stdout + done.stderr
     assert "ETA" in done.stdout
     jobs = jobs_of(sweep_dir)

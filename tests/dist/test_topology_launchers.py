@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
-from crosscity.train.distributed.topology import Topology, TopologyError
-from crosscity.train.distributed.topology_env import detect_topology, expand_hostlist, rendezvous_from_env
-from tests.helpers.slurm import require_slurm, sbatch, wait_finished
-from tests.helpers.launchers import layouts
-from tests.helpers.launchers import probe
-from tests.helpers.launchers import require_mpiexec
+
+from tests.helpers.launchers import layouts, probe, require_mpiexec
 
 
 def test_real_torchrun(tmp_path: Path) -> None:
@@ -58,4 +54,3 @@ def test_real_mpiexec_with_mpi4py() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert layouts(done.stdout) == {(0, 2, 0, 1), (1, 2, 0, 1)}, done.stdout + done.stderr
-

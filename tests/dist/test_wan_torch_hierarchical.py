@@ -2,22 +2,25 @@
 
 PyTorch's averagers count calls from 0 and average when count % H == 0, i.e. after inner steps
 1, H+1, 2H+1, ...; our schedule with warm-up W=1 syncs at steps 1, 1+H, 1+2H, ...: the same clock.
-With equal city sizes FedAvg weights are equal, so the parameters must agree.
+With equal city sizes FedAvg weights are equal, so the parameters must agree - ours through the
+coordinator with each city its own world, PyTorch's over one world of every rank.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 from torch.nn.utils import parameters_to_vector
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.wan.collectives import ring_allreduce_bytes
 from tests.helpers.distributed import run_on_cities
+from tests.helpers.federation import run_config
 from tests.helpers.wan import by_rank, fresh, run_steps, train
 
 H, STEPS, BATCH = 3, 10, 8
@@ -40,20 +43,20 @@ def _pytorch_periodic(topo: Topology, groups: Groups) -> torch.Tensor:
     return parameters_to_vector(model.parameters()).detach()
 
 
-def _all_averagers(topo: Topology, groups: Groups) -> dict[str, Any]:
-    with_intra = WanConfig(algorithm="torch_hierarchical", sync_every=H)
-    with_intra.torch_intra_every = 1  # type: ignore[attr-defined]  # {1: R, H: world}: contiguous blocks
+def _ours(topo: Topology, groups: Groups, aligned: Path, unaligned: Path) -> dict[str, Any]:
+    """Our `average` through the coordinator, each city its own world."""
     return {
-        "ours": train(
-            topo,
-            groups,
-            WanConfig(algorithm="average", sync_every=H, warmup_steps=1),
-            STEPS,
-            sizes=equal_size,
-        ),
-        "ours_unaligned": train(
-            topo, groups, WanConfig(algorithm="average", sync_every=H), STEPS, sizes=equal_size
-        ),
+        "ours": train(topo, groups, aligned, STEPS, sizes=equal_size),
+        "ours_unaligned": train(topo, groups, unaligned, STEPS, sizes=equal_size),
+    }
+
+
+def _all_averagers(topo: Topology, groups: Groups) -> dict[str, Any]:
+    """PyTorch's averagers over one world of every rank."""
+    with_intra = WanConfig(
+        algorithm="torch_hierarchical", sync_every=H, torch_intra_every=1
+    )  # {1: R, H: world}
+    return {
         "periodic": _pytorch_periodic(topo, groups),
         "hierarchical": train(
             topo, groups, WanConfig(algorithm="torch_hierarchical", sync_every=H), STEPS, sizes=equal_size
@@ -63,8 +66,18 @@ def _all_averagers(topo: Topology, groups: Groups) -> dict[str, Any]:
     }
 
 
-def test_average_equals_pytorch_averagers_on_the_same_schedule() -> None:
-    results = by_rank(run_on_cities(_all_averagers, 2, 2))
+def test_average_equals_pytorch_averagers_on_the_same_schedule(tmp_path: Path) -> None:
+    patient = [
+        "wan.round_timeout_s=60",
+        "wan.dead_after_s=20",
+        "wan.heartbeat_s=0.5",
+        f"data.batch_size={BATCH}",
+    ]
+    aligned, unaligned = tmp_path / "aligned", tmp_path / "unaligned"
+    run_config(aligned, 2, 2, "wan.algorithm=average", f"wan.sync_every={H}", "wan.warmup_steps=1", *patient)
+    run_config(unaligned, 2, 2, "wan.algorithm=average", f"wan.sync_every={H}", *patient)
+    ours = by_rank(run_on_cities(_ours, 2, 2, aligned, unaligned, run_dirs=[aligned, unaligned]))
+    results = [{**o, **t} for o, t in zip(ours, by_rank(run_on_cities(_all_averagers, 2, 2)), strict=True)]
     for rank, r in enumerate(results):
         ours, rounds, _ = r["ours"]
         hierarchical, torch_rounds, _ = r["hierarchical"]

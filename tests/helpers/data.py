@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 from crosscity.data_prep.datasets import BEIJING_DIR
+from crosscity.data_prep.prepare import prepare
 
 PRESET_SCHEMA = Path(__file__).parents[2] / "data_prep" / "presets" / "beijing_schema.yaml"
 SMALL_CITIES = """cities:
@@ -43,3 +44,18 @@ def small_cities(folder: Path) -> Path:
     path = folder / "cities.yaml"
     path.write_text(SMALL_CITIES, encoding="utf-8")
     return path
+
+
+def prepare_small(folder: Path, name: str, rows: int) -> Path:
+    """folder/name: the first `rows` hours of Changping, Dingling (north) and Dongsi (centre), prepared."""
+    prepare(
+        PRESET_SCHEMA, small_cities(folder), folder / name, small_inputs(folder, rows=rows), progress=False
+    )
+    return folder / name
+
+
+def flip_byte(path: Path) -> None:
+    """Corrupt a file in place without changing its size (only a checksum can see it)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -37,7 +37,7 @@ def start_crosscity(*args: str) -> subprocess.Popen:
 
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "final" / "model.pt", weights_only=False)["model"]
+    return torch.load(run_dir / "final" / "model.pt", weights_only=True)["model"]
 
 
 def rank_pids(run_dir: Path) -> dict[tuple[int, int], int]:

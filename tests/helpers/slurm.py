@@ -68,17 +68,64 @@ def max_array_size() -> int:
 SLURM_QUICK = [*QUICK, "optim.name=sgd"]
 
 
-def requeue_run_overrides(small_dataset: Path) -> list[str]:
-    """2 cities x 2 ranks, long enough that a requeue signal lands mid-run even on an idle machine."""
+FAULT_AT = 40  # city 1's step at which a test faults it (cancel, requeue signal)
+
+
+def fault_run_overrides(small_dataset: Path) -> list[str]:
+    """2 cities x 2 ranks of diloco, long enough that a fault lands mid-run even on an idle machine,
+    with the fast timing of docs/fault_tolerance.md's hierarchy and checkpoints to resume from."""
     return [
         f"data.dir={small_dataset}",
         "data.cities=north,east",
         "topology.cities=2",
         "topology.ranks_per_city=2",
+        "wan.algorithm=diloco",
         "train.steps=300",
-        "wan.sync_every=4",
+        "wan.sync_every=5",
+        "train.checkpoint_every=10",
+        "wan.heartbeat_s=0.2",
+        "wan.dead_after_s=1",
+        "wan.round_timeout_s=3",
         *SLURM_QUICK,
     ]
+
+
+def records(run_dir: Path, rank: int, kind: str) -> list[dict]:
+    """The metrics records of one kind (train, wan, event) a global rank wrote, in order."""
+    lines = (run_dir / "metrics" / f"rank{rank}.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, filter(str.strip, lines)) if r["kind"] == kind]
+
+
+def event_after(run_dir: Path, rank: int, event: str, after: float) -> dict | None:
+    found = (r for r in records(run_dir, rank, "event") if r["event"] == event and r["time"] > after)
+    return next(found, None)
+
+
+def wait_for_event(run_dir: Path, rank: int, event: str, after: float, timeout_s: float) -> dict:
+    """Poll the rank's metrics until it logs `event` (resume, heal, preempt) later than `after`."""
+    deadline = time.monotonic() + timeout_s
+    while (found := event_after(run_dir, rank, event, after)) is None:
+        assert time.monotonic() < deadline, f"rank {rank} logged no {event} event within {timeout_s} s"
+        time.sleep(0.5)
+    return found
+
+
+def assert_city_came_back(run_dir: Path, away: float, back: float) -> list[dict]:
+    """City 0 trained on and federated without city 1 while it was away (from `away` to `back`);
+    city 1 took part in a committed round after its return. Returns those rounds (city 1's records)."""
+    steps = [r["step"] for r in records(run_dir, 0, "train") if away <= r["time"] <= back]
+    assert steps and max(steps) - min(steps) >= 10, f"city 0 did not keep training: {len(steps)} steps"
+    alone = [r for r in records(run_dir, 0, "wan") if away < r["time"] < back and r["participants"] == [0]]
+    assert alone, "no round committed with city 0 alone while city 1 was away"
+    again = [r for r in records(run_dir, 2, "wan") if r["time"] > back and 1 in r["participants"]]
+    assert again, "city 1 took part in no committed round after it came back"
+    assert again[0]["version"] > alone[0]["version"], "city 1 came back to a global that had not moved"
+    return again
+
+
+def wait_coordinator_job(jobs: dict, timeout_s: float) -> JobState:
+    """The coordinator job ends once every city finished (and it wrote the report): the run's end."""
+    return wait_finished([jobs["coordinator"]], timeout_s=timeout_s)[jobs["coordinator"]]
 
 
 def submit_and_wait(run_dir: Path, overrides: list[str], timeout_s: float = 90) -> dict:

@@ -29,7 +29,10 @@ summary = {"overall": {"val_rmse": 10.0 - seed, "val_mae": 1.0}, "wall_s": 1.0}
 """
 
 
-def sweep(sweep_dir: Path, seeds: int, *args: str, sleep_s: float = 1.0) -> subprocess.CompletedProcess:
+def sweep(
+    sweep_dir: Path, seeds: int, *args: str, data: Path | None = None, sleep_s: float = 1.0
+) -> subprocess.CompletedProcess:
+    """`data`: a prepared dataset (the sweep checks every point's data before submitting anything)."""
     payload = sweep_dir.parent / "payload.py"
     payload.write_text(PAYLOAD)
     grid = "train.seed=" + ",".join(str(s) for s in range(seeds))
@@ -47,6 +50,7 @@ def sweep(sweep_dir: Path, seeds: int, *args: str, sleep_s: float = 1.0) -> subp
         f"{{python}} {payload} {{run_dir}} {sleep_s}",
         "topology.cities=1",
         "topology.ranks_per_city=1",
+        *([f"data.dir={data}", "data.cities=north"] if data else []),
         *args,
     ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)

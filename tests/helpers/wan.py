@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig, load_config
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import TorchReducer, allreduce_gradients
+from crosscity.train.wan.federated import FederatedSync, connect
 from crosscity.train.wan.registry import SYNCS
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
@@ -74,20 +76,46 @@ def run_steps(
     return rounds, call_s
 
 
+Source = SyncFactory | WanConfig | Path  # a factory, a world-spanning baseline, or a federated run dir
+
+
 def fresh(
-    topo: Topology, groups: Groups, make_sync: SyncFactory | WanConfig
+    topo: Topology, groups: Groups, make_sync: Source, join: bool = True
 ) -> tuple[nn.Module, torch.optim.Optimizer, InterCitySync]:
+    """A new model, optimizer and sync. A Path is a run directory served by a coordinator of the test
+    (tests/helpers/distributed.py): the sync is the federated one, joined unless `join=False`."""
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    if isinstance(make_sync, Path):
+        return model, opt, federated_sync(make_sync, model, opt, topo, groups, join)
     if isinstance(make_sync, WanConfig):
         return model, opt, SYNCS[make_sync.algorithm](make_sync, model, opt, topo, groups)
     return model, opt, make_sync(model, opt, topo, groups)
 
 
+def federated_sync(
+    run_dir: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    topo: Topology,
+    groups: Groups,
+    join: bool = True,
+) -> FederatedSync:
+    cfg = load_config(run_dir / "config.yaml")
+    n_params = sum(p.numel() for p in model.parameters())
+    link, agent = connect(run_dir, cfg, topo, f"city{topo.city}", n_params)
+    sync = FederatedSync(
+        cfg.wan, model, opt, topo, groups, TorchReducer(groups.city), "fp32", link=link, agent=agent
+    )
+    if join:
+        sync.join(fresh=True, step=0)
+    return sync
+
+
 def train(
     topo: Topology,
     groups: Groups,
-    make_sync: SyncFactory | WanConfig,
+    make_sync: Source,
     steps: int,
     stall: dict[int, float] | None = None,
     sizes: Callable[[int], int] = batch_size,

@@ -42,7 +42,8 @@ HOROVOD_LIB = "horovod/torch/mpi_lib_v2"
 
 def run_args(data: Path, run_dir: Path, backend: str, grad_dtype: str = "fp32") -> list[str]:
     lan = [f"lan.backend={backend}", f"lan.grad_dtype={grad_dtype}"]
-    return ["run", str(CONFIG), f"data.dir={data}", *COMMON, *lan, f"train.run_dir={run_dir}"]
+    cities = "data.cities=centre,east"
+    return ["run", str(CONFIG), f"data.dir={data}", cities, *COMMON, *lan, f"train.run_dir={run_dir}"]
 
 
 def require_horovod() -> None:

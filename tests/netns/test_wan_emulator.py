@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from crosscity.bench.chaos.faults import read_events
 from crosscity.bench.wan.emulator import WanEmulator
 from crosscity.bench.wan.link_probe import LinkReport, probe
 from crosscity.bench.wan.run_bench import run_method
-from crosscity.train.wan.codecs import make_codec
+from crosscity.federation.codecs import make_codec
 
 RATE_MBIT, DELAY_MS = 50.0, 20.0
 PREFIX, SUBNET, QUEUE = "cct", "10.77.1.0/24", 7701
@@ -77,12 +78,14 @@ def test_ci_bench_hierarchical_moves_sync_every_times_codec_ratio_fewer_bytes_th
     """2 cities x 1 rank on the shaped WAN: flat DDP vs DiLoCo (H steps, int8) on the same budget.
 
     Flat sends a ring all-reduce of the fp32 gradient every step; DiLoCo sends one int8 payload
-    every H steps, so the expected factor is H x (4 bytes / int8 bytes per value, scales included).
-    Checked on the trainer's accounting and on the IP bytes that really crossed the emulated WAN.
+    every H steps to the coordinator on the hub, so the expected factor is H x (4 bytes / int8 bytes
+    per value, scales included). Checked on the trainer's accounting and on the IP bytes that really
+    crossed the emulated WAN (the cities' and the hub's).
     """
     sync_every, codec, steps = 10, "int8", 30
     overrides = [
         f"data.dir={small_dataset}",
+        "data.cities=centre,east",
         "topology.cities=2",
         "topology.ranks_per_city=1",
         f"train.steps={steps}",
@@ -98,6 +101,14 @@ def test_ci_bench_hierarchical_moves_sync_every_times_codec_ratio_fewer_bytes_th
     assert flat.wan_rounds == steps and ours.wan_rounds == steps // sync_every
     assert 0.85 * expected <= flat.wan_bytes / ours.wan_bytes <= 1.15 * expected, (flat, ours, expected)
     assert flat.wire_bytes is not None and ours.wire_bytes is not None
-    assert 0.75 * expected <= flat.wire_bytes / ours.wire_bytes <= 1.25 * expected, (flat, ours, expected)
+    # Once per run, not per round: the first city hands the coordinator the initial model (fp32).
+    initial = next(e for e in read_events(tmp_path / "diloco") if e["event"] == "initial_model")
+    ours_rounds = ours.wire_bytes - 4 * initial["values"]
+    assert 0.75 * expected <= flat.wire_bytes / ours_rounds <= 1.25 * expected, (flat, ours, expected)
     # The accounting matches what crossed the wire (IP + TCP headers and ACKs add a few percent).
     assert flat.wan_bytes <= flat.wire_bytes <= 1.1 * flat.wan_bytes, flat
+    assert ours.wan_bytes <= ours_rounds <= 1.1 * ours.wan_bytes, ours
+    # The coordinator (on the hub) answered each city's upload with a payload of the same size.
+    assert ours.hub_bytes is not None and 0.9 * ours.wan_bytes <= ours.hub_bytes <= 1.15 * ours.wan_bytes, (
+        ours
+    )

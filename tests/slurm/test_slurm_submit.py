@@ -9,20 +9,24 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from crosscity.launch.slurm.submit import write_jobs
+import crosscity as crosscity_api
+from crosscity.launch.slurm.plan import write_jobs
+from crosscity.launch.slurm.status import query_states
 from tests.helpers.launchers import require_mpiexec
-from tests.helpers.runs import CONFIG, REPO, crosscity, final_params
+from tests.helpers.runs import CONFIG, REPO, crosscity, wait_for_step
 from tests.helpers.slurm import (
     DEV_CLUSTER,
+    FAULT_AT,
     SLURM_QUICK,
+    assert_city_came_back,
+    fault_run_overrides,
     max_array_size,
-    requeue_run_overrides,
     require_slurm,
     sbatch,
-    submit_and_wait,
+    wait_coordinator_job,
     wait_finished,
+    wait_for_event,
 )
 
 
@@ -120,15 +124,19 @@ def test_city_template_trains_one_city_of_two_tasks(
 
 
 def test_submit_two_cities_of_two_tasks(small_dataset: Path, tmp_path: Path) -> None:
+    """Through the public API; the coordinator job writes the report once the cities finished."""
     require_slurm()
-    run_dir = tmp_path / "run"
     common = [
         f"data.dir={small_dataset}",
         "data.cities=north,east",
         "topology.cities=2",
         "topology.ranks_per_city=2",
     ]
-    jobs = submit_and_wait(run_dir, [*common, "train.steps=8", *SLURM_QUICK])
+    overrides = [*common, "train.steps=8", *SLURM_QUICK, f"train.run_dir={tmp_path / 'run'}"]
+    run_dir, jobs = crosscity_api.submit(CONFIG, overrides)
+    assert run_dir == (tmp_path / "run").resolve() and (run_dir / "config.yaml").is_file()
+    states = wait_finished([e["job"] for e in jobs["entries"]], timeout_s=90)
+    assert {s.state for s in states.values()} == {"COMPLETED"}, states
     assert [e["name"] for e in jobs["entries"]] == ["city0", "city1"]
     ranks = {
         json.loads(line)["global_rank"]
@@ -142,33 +150,36 @@ def test_submit_two_cities_of_two_tasks(small_dataset: Path, tmp_path: Path) -> 
         for line in p.read_text().splitlines()
     }
     assert cities == {0, 1}
-    assert wait_finished([jobs["coordinator"]], timeout_s=30)[jobs["coordinator"]].state == "COMPLETED"
+    assert wait_finished([jobs["coordinator"]], timeout_s=60)[jobs["coordinator"]].state == "COMPLETED"
+    assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "loss.png").is_file()
+    coordinator_log = next((run_dir / "logs" / "slurm").glob("coordinator-*.out")).read_text()
+    assert f"wrote {run_dir / 'report.md'}" in coordinator_log, coordinator_log[-2000:]
 
 
-def test_requeue_signal_requeues_only_that_city_and_resumes_exactly(
+def test_requeue_signal_requeues_only_that_city_which_resumes_heals_and_rejoins(
     small_dataset: Path, tmp_path: Path
 ) -> None:
-    """Two identical runs side by side; one gets the requeue signal in city 1: same final parameters."""
+    """The requeue signal to city 1: it checkpoints and leaves, only its task is requeued while city 0
+    trains on; back, it resumes from exactly that checkpoint, heals from the global model that moved
+    on without it and takes part in rounds again; the run completes."""
     require_slurm()
-    common = requeue_run_overrides(small_dataset)
-    ref, run_dir = tmp_path / "ref", tmp_path / "pre"
-    for folder in (ref, run_dir):
-        done = crosscity("submit", str(CONFIG), *common, f"train.run_dir={folder}")
-        assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "pre"
+    done = crosscity("submit", str(CONFIG), *fault_run_overrides(small_dataset), f"train.run_dir={run_dir}")
+    assert done.returncode == 0, done.stderr
     jobs = json.loads((run_dir / "slurm" / "jobs.json").read_text())
-    ref_jobs = json.loads((ref / "slurm" / "jobs.json").read_text())
     city0, city1 = (e["job"] for e in jobs["entries"])
-    metrics = run_dir / "metrics" / "rank2.jsonl"  # city 1, local rank 0
-    deadline = time.monotonic() + 90
-    while not (metrics.exists() and '"step": 6,' in metrics.read_text()):
-        assert time.monotonic() < deadline, "city 1 never reached step 6"
-        time.sleep(0.2)
+    wait_for_step(run_dir, rank=2, step=FAULT_AT, timeout=240)  # city 1, local rank 0
+    signalled = time.time()
     subprocess.run(["scancel", "--signal=USR2", city1], check=True, timeout=10)  # what --signal=USR2@T sends
-    states = wait_finished([e["job"] for e in jobs["entries"] + ref_jobs["entries"]], timeout_s=120)
+    left = wait_for_event(run_dir, 2, "preempt", signalled, timeout_s=120)
+    resumed = wait_for_event(run_dir, 2, "resume", signalled, timeout_s=240)
+    assert resumed["step"] == left["step"], (left, resumed)  # exactly where it checkpointed
+    coordinator = wait_coordinator_job(jobs, timeout_s=300)
+    assert coordinator.state == "COMPLETED", coordinator
+    states = query_states([city0, city1])
     assert {s.state for s in states.values()} == {"COMPLETED"}, states
     assert states[city1].restarts == 1 and states[city0].restarts == 0
     assert f"requeueing {city1} only" in Path(jobs["entries"][1]["log"]).read_text()
-    want, got = final_params(ref), final_params(run_dir)
-    assert want.keys() == got.keys()
-    for key in want:
-        assert torch.equal(want[key], got[key]), key
+    again = assert_city_came_back(run_dir, left["time"], resumed["time"])
+    assert wait_for_event(run_dir, 2, "heal", signalled, timeout_s=0)["time"] < again[0]["time"]
+    assert {p.name for p in (run_dir / "final").glob("city*.json")} == {"city0.json", "city1.json"}

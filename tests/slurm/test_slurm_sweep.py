@@ -39,12 +39,12 @@ def report(sweep_dir: Path) -> str:
     return done.stdout
 
 
-def test_throttled_sweep_failed_point_report_and_retry(tmp_path: Path) -> None:
+def test_throttled_sweep_failed_point_report_and_retry(small_dataset: Path, tmp_path: Path) -> None:
     require_slurm()
     sweep_dir = tmp_path / "s"
     sweep_dir.mkdir()
     (sweep_dir / "fail2").touch()
-    done = sweep(sweep_dir, 4, "--parallel", "2")
+    done = sweep(sweep_dir, 4, "--parallel", "2", data=small_dataset)
     assert done.returncode == 0, done.stderr
     jobs = jobs_of(sweep_dir)
     assert len(jobs["arrays"]) == 1
@@ -81,11 +81,13 @@ def test_throttled_sweep_failed_point_report_and_retry(tmp_path: Path) -> None:
     assert {r["state"] for r in rows} == {"COMPLETED"} and len(rows) == 4
 
 
-def test_sweep_larger_than_max_array_size_is_split_and_all_points_run(tmp_path: Path) -> None:
+def test_sweep_larger_than_max_array_size_is_split_and_all_points_run(
+    small_dataset: Path, tmp_path: Path
+) -> None:
     require_slurm()
     n = max_array_size() + 2
     sweep_dir = tmp_path / "big"
-    done = sweep(sweep_dir, n, "--parallel", "4", sleep_s=0.1)
+    done = sweep(sweep_dir, n, "--parallel", "4", data=small_dataset, sleep_s=0.1)
     assert done.returncode == 0, done.stderr
     jobs = jobs_of(sweep_dir)
     assert len(jobs["arrays"]) == 2 and len(jobs["entries"]) == n

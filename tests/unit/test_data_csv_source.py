@@ -11,7 +11,7 @@ from crosscity.data_prep.cli import main
 from crosscity.data_prep.csv_source import BadInput, CsvSource
 from crosscity.data_prep.errors import ConflictError, InputError, SchemaError
 from crosscity.data_prep.prepare import prepare
-from crosscity.data_prep.schema import load_schema
+from crosscity.data_prep.schema import bind, load_cities, load_schema
 from tests.helpers.data import PRESET_SCHEMA, small_cities, station_lines, write_csv
 
 ROWS = 40
@@ -71,8 +71,8 @@ def mutated(kind: str) -> list[str] | bytes:
 CASES = {
     "wrong_column_count": (4, "expected 18 fields, got 17"),
     "non_numeric": (6, "column 'PM2.5': value 'abc' is not a number (missing tokens: ['NA'])"),
-    "bad_category": (6, "column 'wd': value 'XYZ' is not a compass point; allowed: N NNE NE"),
-    "bad_time": (6, "no such hour: year=2013 month=13 day=1 hour=4 (month 1-12, hour 0-23)"),
+    "bad_category": (6, "column 'wd': value 'XYZ' is not allowed; allowed: N NNE NE"),
+    "bad_time": (6, "column 'month': '13' is not a valid month (an integer 1..12)"),
     "unknown_station": (6, "station 'Atlantis' is in no city of the cities file"),
     "unsorted_time": (5, "station 'Changping' time 2013-03-01 02:00 is before an earlier row's time"),
     "duplicate_time": (5, "station 'Changping' time 2013-03-01 02:00 repeats an earlier row's time"),
@@ -87,7 +87,7 @@ def test_bad_row_is_rejected_with_file_line_and_reason(tmp_path, kind):
         run(tmp_path, mutated(kind))
     assert str(err.value).startswith(f"{tmp_path / 'in.csv'}:{line}: {message}")
     assert str(err.value).endswith(f"[{kind}]")
-    assert list((tmp_path / "out").iterdir()) == []  # never a partial dataset
+    assert not (tmp_path / "out").exists()  # never a partial dataset
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))
@@ -138,7 +138,7 @@ def test_schema_errors_name_file_key_and_allowed(tmp_path):
     with pytest.raises(
         SchemaError,
         match=r"s.yaml: key 'categorical.wd.encoding': value 'polar' not allowed; "
-        r"expected one of \['compass16', 'degrees'\]",
+        r"expected compass16, degrees, \{map: ",
     ):
         load_schema(bad)
     bad.write_text(PRESET_SCHEMA.read_text() + "colour: red\n")
@@ -172,15 +172,16 @@ def test_a_city_without_rows_fails_prep(tmp_path):
         InputError, match=r"cities.yaml: city 'centre' got no rows from the inputs \(stations Dongsi\)"
     ):
         prepare(PRESET_SCHEMA, small_cities(tmp_path), tmp_path / "out", [path], progress=False)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_chunk_boundaries_change_nothing_and_order_is_checked_across_chunks(tmp_path):
-    schema, stations = load_schema(PRESET_SCHEMA), {"Changping"}
+    schema = load_schema(PRESET_SCHEMA)
+    cities = bind(schema, load_cities(solo_city(tmp_path)))
     good = write_csv(tmp_path / "good.csv", lines())
 
     def parse(path, chunk_rows):
-        chunks = list(CsvSource(path, schema, stations, BadInput("error"), chunk_rows=chunk_rows).chunks())
+        chunks = list(CsvSource(path, schema, cities, BadInput("error"), chunk_rows=chunk_rows).chunks())
         return chunks, np.concatenate([c.time for c in chunks]), np.concatenate([c.values for c in chunks])
 
     small, t_small, v_small = parse(good, 8)

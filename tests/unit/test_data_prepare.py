@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from crosscity.data_prep.cli import main
+from crosscity.data_prep.dataset import load_global_stats, load_manifest
 from crosscity.data_prep.datasets import beijing_files
 from crosscity.data_prep.errors import DatasetError
-from crosscity.data_prep.manifest import GLOBAL_STATS, load_manifest
 from crosscity.data_prep.prepare import prepare
 from crosscity.data_prep.progress import Progress
 from crosscity.data_prep.verify import full_check, quick_check
-from tests.helpers.data import PRESET_SCHEMA, small_cities, small_inputs, station_lines
+from tests.helpers.data import PRESET_SCHEMA, flip_byte, small_cities, small_inputs, station_lines
 
 FEATURES = [
     "PM2.5",
@@ -52,7 +52,7 @@ def test_layout_manifest_and_shards(small):
     }
     m = load_manifest(root / "north")
     assert [f["name"] for f in m["features"]] == FEATURES
-    assert m["features"][0] == {"name": "PM2.5", "unit": "ug/m3"}
+    assert m["features"][0] == {"name": "PM2.5", "unit": "ug/m3", "fill_hours": 3, "city_only": False}
     # 3000 hours from 2013-03-01 stay inside 2013: one shard per station
     assert [(s["file"], s["rows"]) for s in m["shards"]] == [
         ("Changping_2013.v1.h5", 3000),
@@ -85,14 +85,13 @@ def test_verify_detects_a_flipped_byte_and_names_the_shard(small, capsys):
     root, _ = small
     assert main(["verify", str(root), "--full"]) == 0
     shard = root / "north" / "Dingling_2013.v1.h5"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    quick_check(root / "north")  # same size: only the hash sees it
-    with pytest.raises(DatasetError, match="Dingling_2013.v1.h5: sha256"):
-        full_check(root / "north")
+    flip_byte(shard)
+    for check in (quick_check, full_check):  # same size: the hash sees it, at either level
+        with pytest.raises(DatasetError, match="Dingling_2013.v1.h5: sha256"):
+            check(root / "north")
     capsys.readouterr()
-    assert main(["verify", str(root), "--quick"]) == 0
+    assert main(["verify", str(root), "--quick"]) == 1
+    capsys.readouterr()
     assert main(["verify", str(root)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Dingling_2013.v1.h5" in err[0] and err[0].startswith("verify: FAILED")
@@ -105,10 +104,11 @@ def test_quick_check_sees_size_and_version_mismatch(small):
         fh.write(b"x")
     with pytest.raises(DatasetError, match=r"Dongsi_2013.v1.h5: size \d+ bytes, manifest version 1 says"):
         quick_check(root / "centre")
-    m = json.loads((root / "north" / "manifest.json").read_text())
+    path = root / "north" / "manifest.v1.json"
+    m = json.loads(path.read_text())
     m["schema_version"] = 99
-    (root / "north" / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(DatasetError, match="schema_version 99 not supported"):
+    path.write_text(json.dumps(m))
+    with pytest.raises(DatasetError, match="manifest.v1.json: sha256 does not match dataset.json"):
         quick_check(root / "north")
 
 
@@ -116,7 +116,7 @@ def test_prep_refuses_an_existing_dataset_with_exit_2(small, tmp_path, capsys):
     root, _ = small
     args = ["--schema", str(PRESET_SCHEMA), "--cities", str(tmp_path / "cities.yaml"), "--out", str(root)]
     assert main([*args, str(tmp_path / "Dongsi_0.csv")]) == 2
-    assert "already holds a dataset" in capsys.readouterr().err
+    assert "already holds a dataset (version 1) prepared from other inputs" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x")]) == 2  # neither --schema/--cities nor --preset
     assert main(["verify", str(tmp_path / "nothing")]) == 1
     assert main(["--help"]) == 0
@@ -140,6 +140,6 @@ def test_full_beijing_preset_prep_and_verify(tmp_path, capsys):
     rows = {c: load_manifest(tmp_path / "bj" / c)["rows"] for c in ("north", "east", "west", "centre")}
     assert rows == {c: 3 * 35064 for c in rows}
     assert len(beijing_files()) == 12
-    glob = json.loads((tmp_path / "bj" / GLOBAL_STATS).read_text())
+    glob = load_global_stats(tmp_path / "bj")
     assert glob["cities"] == {"centre": 1, "east": 1, "north": 1, "west": 1}
     assert glob["stats"]["PM2.5"]["count"] + glob["stats"]["PM2.5"]["missing"] == 12 * 35064

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from crosscity.data_prep.csv_source import COMPASS16
-from crosscity.data_prep.manifest import load_manifest
+from crosscity.data_prep.dataset import load_manifest
+from crosscity.data_prep.encodings import COMPASS16
 from crosscity.data_prep.prepare import prepare
 from crosscity.data_prep.verify import verify_dataset
 from crosscity.train.data.windows import CityWindows
@@ -66,7 +66,7 @@ def test_other_schema_without_code_change(tmp_path):
         tmp_path / "schema.yaml", tmp_path / "cities.yaml", tmp_path / "data", inputs, progress=False
     )
     assert report.cities["town"]["rows"] == 3000 and report.cities["hills"]["rows"] == 1500
-    verify_dataset(tmp_path / "data", full=True)
+    verify_dataset(tmp_path / "data", "full")
     m = load_manifest(tmp_path / "data" / "town")
     assert [f["name"] for f in m["features"]] == ["pm25", "temperature", "wind_sin", "wind_cos"]
     assert m["stations"] == ["Tiantan", "Guanyuan"] and m["gap_fill_hours"] == 2

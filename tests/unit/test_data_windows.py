@@ -131,3 +131,24 @@ def test_rank_sampler_resumes_exactly_mid_epoch():
     assert list(resumed) == full  # the following pass of the same epoch starts from the beginning
     with pytest.raises(ValueError, match="does not match"):
         RankSampler(50, 0, 2, seed=1).load_state_dict(state)
+
+
+def test_fill_hours_per_column_and_one_value_for_all_on_request(tmp_path):
+    schema = tmp_path / "schema.yaml"
+    text = PRESET_SCHEMA.read_text().replace("encoding: compass16}", "encoding: compass16, fill_hours: 0}")
+    schema.write_text(text)
+    inputs = small_inputs(tmp_path, rows=2000, start=5000)  # wind direction is missing at 5107, 5110-5111
+    prepare(schema, small_cities(tmp_path), tmp_path / "data", inputs, progress=False)
+    city = tmp_path / "data" / "north"
+    ds = CityWindows(city, "train", past=PAST, horizon=HORIZON)
+    assert ds.fill_hours.tolist() == [3] * 11 + [0, 0]  # wind direction is never carried forward
+    assert (
+        CityWindows(city, "train", past=PAST, horizon=HORIZON, fill_hours=5).fill_hours.tolist() == [5] * 13
+    )
+    grid = ds._load()[0]["inputs"]  # Changping's hours from its first row
+    rows = read_shard(city / "Changping_2013.v1.h5")
+    for name, filled in (("wd_sin", False), ("PM2.5", True)):
+        j = ds.features.index(name)
+        gaps = np.flatnonzero(~rows.mask[1:, j] & rows.mask[:-1, j]) + 1  # missing right after observed
+        assert gaps.size, name
+        np.testing.assert_array_equal(grid[gaps, j], grid[gaps - 1, j] if filled else 0.0)

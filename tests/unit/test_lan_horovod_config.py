@@ -1,21 +1,13 @@
-"""lan.backend=horovod without Horovod runs: config errors, slots, topology from horovodrun."""
+"""lan.backend=horovod without Horovod runs: slots and topology from horovodrun (its config rules and
+host check: tests/unit/test_config_rules.py, tests/unit/test_preflight.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from crosscity.config.schema import ConfigError, load_config
 from crosscity.train.distributed.topology import Topology, TopologyError
 from crosscity.train.distributed.topology_env import detect_topology
 from crosscity.train.lan.horovod import Slot, city_slots
-from tests.helpers.runs import (
-    CONFIG,
-    REPO,
-)
 
 
 def test_city_slots_number_ranks_as_horovodrun_does() -> None:
@@ -30,42 +22,6 @@ def test_city_slots_number_ranks_as_horovodrun_does() -> None:
         Slot("a", 2, 1, 0, 4, 2, 2),
         Slot("b", 3, 1, 1, 4, 2, 2),
     ]
-
-
-def test_missing_horovod_is_one_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "horovod.torch", None)  # `import horovod.torch` now raises ImportError
-    with pytest.raises(ConfigError) as info:
-        load_config(None, ["lan.backend=horovod"])
-    message = str(info.value)
-    assert message.startswith("lan.backend='horovod': horovod is not importable")
-    assert ".ci/build-horovod.sh" in message and "docs/horovod.md" in message
-
-
-def test_bf16_with_horovod_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="^lan.grad_dtype='bf16': Horovod's PyTorch ops have no bfloat16"):
-        load_config(None, ["lan.backend=horovod", "lan.grad_dtype=bf16"])
-
-
-def test_missing_horovod_is_one_line_exit_2(tmp_path: Path) -> None:
-    hide = (
-        "import sys; sys.modules['horovod.torch'] = None; "
-        "from crosscity.launch.cli import main; sys.exit(main())"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", hide, "run", str(CONFIG), "lan.backend=horovod", f"train.run_dir={tmp_path}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-    assert "lan.backend='horovod': horovod is not importable" in r.stderr
-
-
-def test_flat_with_horovod_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="^lan.backend='horovod' with wan.algorithm='flat': Horovod runs"):
-        load_config(None, ["lan.backend=horovod", "wan.algorithm=flat"])
 
 
 def test_topology_from_horovodrun() -> None:

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from crosscity.config.schema import MonitorConfig
+from crosscity.config import ConfigError, MonitorConfig, load_config
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.sinks import PrometheusSink, make_sinks, numeric_fields, tensorboard_sink
 
@@ -130,3 +130,19 @@ def test_tensorboard_sink_writes_scalars_or_says_it_is_missing(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert tensorboard_sink(tmp_path) is None
     assert "pip install tensorboard" in caplog.text and "JSONL" in caplog.text
+
+
+def test_prometheus_binds_loopback_unless_the_config_says_otherwise(tmp_path):
+    topo = Topology(city=0, num_cities=1, local_rank=0, ranks_per_city=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert load_config(None, []).monitor.prometheus_host == "127.0.0.1"
+    for host in ("127.0.0.1", "127.0.0.2"):  # the second: any address the config names
+        (sink,) = make_sinks(MonitorConfig(prometheus_port=free, prometheus_host=host), tmp_path, topo)
+        try:
+            assert sink._server.socket.getsockname()[0] == host
+        finally:
+            sink.close()
+    with pytest.raises(ConfigError, match="monitor.prometheus_host=''"):
+        load_config(None, ["monitor.prometheus_host="])

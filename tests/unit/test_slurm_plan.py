@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from crosscity.config.schema import ConfigError, SlurmConfig, load_config
+from crosscity.config import ConfigError, load_config
+from crosscity.core.exit_codes import EXIT_REQUEUE
+from crosscity.launch.slurm.plan import BODY_MARK, TEMPLATE_DIRS, resource_directives, template_section
 from crosscity.launch.slurm.status import format_rows
-from crosscity.launch.slurm.submit import TEMPLATE_DIRS, plan_run, resource_directives
-from crosscity.launch.slurm.submitit_jobs import EXIT_REQUEUE, describe_run
+from crosscity.launch.slurm.submit import plan_run
+from crosscity.launch.slurm.submitit_jobs import describe_run
 from crosscity.train import trainer
 from crosscity.train.distributed.topology import TopologyError
 from crosscity.train.distributed.topology_env import detect_topology
@@ -32,20 +34,16 @@ def test_plan_splits_cities_past_max_array_and_fills_resources(tmp_path: Path) -
 
 
 def test_resources_of_each_city() -> None:
-    slurm = SlurmConfig(
-        partition="gpu",
-        account="proj",
-        qos="high",
-        time_min=120,
-        nodes=2,
-        gpus_per_node=4,
-        cpus_per_task=8,
-        mem="64G",
-        constraint="a100",
-        extra=["--exclusive"],
+    cfg = load_config(
+        CONFIG,
+        [
+            "topology.ranks_per_city=8",
+            *("slurm.partition=gpu", "slurm.account=proj", "slurm.qos=high", "slurm.time_min=120"),
+            *("slurm.nodes=2", "slurm.gpus_per_node=4", "slurm.cpus_per_task=8", "slurm.mem=64G"),
+            *("slurm.constraint=a100", "slurm.extra=--exclusive"),
+        ],
     )
-    slurm.check(ranks_per_city=8)
-    lines = resource_directives(slurm, ranks_per_city=8)
+    lines = resource_directives(cfg.slurm, ranks_per_city=8)
     for want in (
         "--nodes=2",
         "--ntasks-per-node=4",
@@ -60,14 +58,6 @@ def test_resources_of_each_city() -> None:
         "--exclusive",
     ):
         assert want in lines
-    with pytest.raises(
-        ConfigError, match="slurm.nodes=3 x slurm.tasks_per_node=0: must equal topology.ranks_per_city=8"
-    ):
-        SlurmConfig(nodes=3).check(ranks_per_city=8)
-    with pytest.raises(ConfigError, match="slurm.time_min=0: must be >= 1"):
-        SlurmConfig(time_min=0).check(ranks_per_city=1)
-    with pytest.raises(ConfigError, match="slurm.signal_lead_s=120: must be shorter than slurm.time_min=1"):
-        SlurmConfig(time_min=1).check(ranks_per_city=1)
 
 
 PER_CITY = [
@@ -116,11 +106,31 @@ def test_submitit_dry_run_shows_the_same_arrays_and_options(tmp_path: Path) -> N
     mem = blocks[f"cities 1,3 of {tmp_path}"]
     assert "#SBATCH --array=0-1%2\n" in mem and "#SBATCH --mem=1G\n" in mem
     assert "#SBATCH --signal=USR2@120\n" in mem and "#SBATCH --requeue\n" in mem
-    assert "export SUBMITIT_PREEMPT_SIGNAL=USR2\n" in mem and 'scontrol requeue "$task"' in mem
+    assert (
+        "export SUBMITIT_PREEMPT_SIGNAL=USR2 EXIT_REQUEUE=75\n" in mem and 'scontrol requeue "$task"' in mem
+    )
+    script = mem.split("\n#!/bin/bash\n", 1)[1]  # after the parameters comment: the job script itself
+    assert (
+        script.index("\nrequeue_or_exit() {") < script.index("\nsrun ") < script.index("\nrequeue_or_exit $?")
+    )
     gpu = blocks[f"cities 5 of {tmp_path}"]  # one city: a plain job, not an array
     assert "--array" not in gpu and "#SBATCH --partition=gpu\n" in gpu and "#SBATCH --nodes=2\n" in gpu
     assert "--mem" not in blocks[f"cities 0,2 of {tmp_path}"]
-    assert EXIT_REQUEUE == trainer.EXIT_REQUEUE
+
+
+def test_templates_and_generated_scripts_take_exit_requeue_from_one_place(tmp_path: Path) -> None:
+    """crosscity.core.exit_codes is the only definition: the template's default equals it, generated
+    scripts export it, the ranks return it, and submitit's teardown is the template's own piece."""
+    city = (REPO / "slurm" / "city.sbatch").read_text()
+    assert re.findall(r"^EXIT_REQUEUE=\$\{EXIT_REQUEUE:-(\d+)\}$", city, re.M) == [str(EXIT_REQUEUE)]
+    assert trainer.EXIT_REQUEUE is EXIT_REQUEUE
+    plan = plan_run(load_config(CONFIG), tmp_path, max_array=10)
+    for text in [plan.coordinator, *(t for _, t in plan.arrays)]:
+        assert f"export EXIT_REQUEUE={EXIT_REQUEUE}\n" in text
+    (_, script), *_ = plan.arrays
+    assert script.count("scontrol requeue") == 1 and "requeue_or_exit $?" in script
+    assert not re.search(r"\b75\b", city.split(BODY_MARK)[1]), "the body reads $EXIT_REQUEUE, never a literal"
+    assert template_section("city.sbatch", "requeue")[-1].strip() == "}"  # requeue_or_exit, complete
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crosscity.config.schema import ConfigError
+from crosscity.config import ConfigError
 from crosscity.launch.slurm.sweep import grid_points, parse_grid
 from tests.helpers.sweep import sweep
 

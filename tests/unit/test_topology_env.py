@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crosscity.train.distributed.topology import Topology, TopologyError
-from crosscity.train.distributed.topology_env import detect_topology, expand_hostlist, rendezvous_from_env
+from crosscity.train.distributed.topology_env import detect_topology
 
 
 def test_crosscity_variables_win_over_everything() -> None:
@@ -53,23 +53,3 @@ def test_nothing_known_and_bad_values_are_named() -> None:
         detect_topology({})
     with pytest.raises(TopologyError, match="SLURM_PROCID='x'"):
         detect_topology({"SLURM_PROCID": "x", "SLURM_NTASKS": "2"})
-
-
-def test_hostlist_and_rendezvous() -> None:
-    assert expand_hostlist("node[1-3,07],login,gpu[08-10]x") == [
-        "node1",
-        "node2",
-        "node3",
-        "node07",
-        "login",
-        "gpu08x",
-        "gpu09x",
-        "gpu10x",
-    ]
-    with pytest.raises(ValueError, match="bad range 'a'"):
-        expand_hostlist("node[a]")
-    env = {"SLURM_JOB_NODELIST": "cn[4-5]", "SLURM_JOB_ID": "77"}
-    addr, port = rendezvous_from_env(env)
-    assert addr == "cn4" and 20000 <= port < 60000
-    assert rendezvous_from_env({**env, "MASTER_ADDR": "h", "MASTER_PORT": "1234"}) == ("h", 1234)
-    assert rendezvous_from_env({}) is None

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from crosscity.config.schema import OptimConfig
+from crosscity.config import OptimConfig
 from crosscity.train.optim import build_optimizer, build_schedule, lr_factor, proximal_term
 
 

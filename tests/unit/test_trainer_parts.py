@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from crosscity.config.schema import ModelConfig
-from crosscity.train.checkpoint import load_checkpoint, save_checkpoint
+from crosscity.config import ModelConfig
+from crosscity.core.forecast_scores import pool_metrics
+from crosscity.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crosscity.train.data.batches import BatchStream
 from crosscity.train.data.windows import CityWindows
-from crosscity.train.evaluate import pool_metrics, score
+from crosscity.train.evaluate import score
 from crosscity.train.init_from import windows_after
 from crosscity.train.models import build_model
 
@@ -137,3 +141,34 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
     assert load_checkpoint(tmp_path / "absent.pt") is None
+
+
+def draws() -> tuple:
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(1).tolist(), random.random()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    np.random.randn(3)  # leaves a cached gaussian in numpy's state: it must come back too
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"rng": rng_state()})
+    want = draws()
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert draws() == want
+
+
+class Payload:
+    """What a hostile checkpoint carries: unpickling it would create a directory."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"model": {}, "x": Payload(marker)}, path)
+    with pytest.raises(ValueError, match="not loaded: it holds more than tensors"):
+        load_checkpoint(path)
+    assert not marker.exists()

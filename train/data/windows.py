@@ -2,12 +2,12 @@
 
 Only the manifest and the target's masks are read at construction (to count windows); the city's
 shards are loaded into memory on the first item, once per process. No HDF5 handle is kept open, so a
-DataLoader may fork workers at any time.
+DataLoader may fork workers at any time. The inputs are the schema's shared features only: a city's
+city-only extras stay in its shards, so every city's model sees the same inputs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,10 @@ import h5py
 import numpy as np
 import torch
 
+from crosscity.data_prep.dataset import load_global_stats, load_manifest
 from crosscity.data_prep.errors import DatasetError
-from crosscity.data_prep.manifest import GLOBAL_STATS, load_manifest
 from crosscity.data_prep.shards import read_shard
+from crosscity.data_prep.splits import FRACTIONS, split_ranges, window_starts
 from crosscity.data_prep.stats import finalize, from_json
 from crosscity.train.data.sampler import RankSampler
 
@@ -29,20 +30,14 @@ CALENDAR = ["hour_sin", "hour_cos", "doy_sin", "doy_cos"]
 __all__ = ["CityWindows", "RankSampler", "split_ranges"]
 
 
-def split_ranges(hours: int, gap: int, fractions: tuple[float, float, float]) -> dict[str, tuple[int, int]]:
-    """Hour ranges [lo, hi) of each split inside a station's span; splits are `gap` hours apart."""
-    b1 = round(hours * fractions[0])
-    b2 = round(hours * (fractions[0] + fractions[1]))
-    return {"train": (0, b1), "val": (b1 + gap, b2), "test": (b2 + gap, hours)}
-
-
 class CityWindows(torch.utils.data.Dataset):
     """Windows of one city; x float32 [past, n_inputs], y and y_mask float32 [horizon], normalised.
 
-    Inputs per hour: every stored feature normalised and gap-filled (forward fill up to
-    `fill_hours` hours after an observation, then 0 = the mean), its observed mask, and 4 calendar
-    features. A window is kept when at most `max_missing` of its target hours are missing and at
-    least one future target hour is observed. Windows never cross stations.
+    Inputs per hour: every shared feature normalised and gap-filled (forward fill up to its
+    column's `fill_hours` hours after an observation, or `fill_hours` for all, then 0 = the mean),
+    its observed mask, and 4 calendar features. A window is kept when at most `max_missing` of its
+    target hours are missing and at least one future target hour is observed. Windows never cross
+    stations.
     """
 
     def __init__(
@@ -55,7 +50,7 @@ class CityWindows(torch.utils.data.Dataset):
         max_missing: float = 0.25,
         stats: str = "city",
         fill_hours: int | None = None,
-        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        fractions: tuple[float, float, float] = FRACTIONS,
     ):
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: allowed {SPLITS}")
@@ -71,11 +66,13 @@ class CityWindows(torch.utils.data.Dataset):
             )
         self.city_dir = Path(city_dir)
         self.manifest = load_manifest(self.city_dir)
-        self.features = [f["name"] for f in self.manifest["features"]]
+        shared = [(k, f) for k, f in enumerate(self.manifest["features"]) if not f["city_only"]]
+        self.columns = np.array([k for k, _ in shared])  # stored columns the model sees
+        self.features = [f["name"] for _, f in shared]
         if target not in self.features:
             raise ValueError(f"target {target!r} not in the features of {self.city_dir}: {self.features}")
         self.split, self.past, self.horizon, self.max_missing = split, past, horizon, max_missing
-        self.fill_hours = self.manifest["gap_fill_hours"] if fill_hours is None else fill_hours
+        self.fill_hours = np.array([f["fill_hours"] if fill_hours is None else fill_hours for _, f in shared])
         self.fractions = fractions
         norm = self._stats(stats)
         self.mean = np.array([norm[f]["mean"] for f in self.features], dtype=np.float32)
@@ -93,18 +90,12 @@ class CityWindows(torch.utils.data.Dataset):
     def _stats(self, kind: str) -> dict[str, dict[str, float]]:
         if kind == "city":
             return finalize(from_json(self.manifest["stats"]))
-        path = self.city_dir.parent / GLOBAL_STATS
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DatasetError(
-                f"{path}: stats='global' needs this file (written by `crosscity prep`)"
-            ) from None
+        data = load_global_stats(self.city_dir.parent)
         have = data["cities"].get(self.manifest["city"])
         if have != self.manifest["version"]:
             raise DatasetError(
-                f"{path}: built from {self.manifest['city']} version {have}, but the manifest is at version "
-                f"{self.manifest['version']}; re-run `crosscity prep append` to refresh it"
+                f"{self.city_dir.parent}: global statistics of {self.manifest['city']} version {have}, "
+                f"but its manifest is at version {self.manifest['version']} (an append committed meanwhile)"
             )
         return finalize(from_json(data["stats"]))
 
@@ -125,9 +116,8 @@ class CityWindows(torch.utils.data.Dataset):
             for s in shards:
                 with h5py.File(self.city_dir / s["file"], "r") as f:
                     t = f["time"][:]
-                    observed[(t - t0) // HOUR] = f["mask"][:, self.target_index].astype(bool)
-            lo, hi = split_ranges(int(hours), span, self.fractions)[self.split]
-            starts = np.arange(lo, max(hi - span + 1, lo))
+                    observed[(t - t0) // HOUR] = f["mask"][:, self.columns[self.target_index]].astype(bool)
+            starts = np.array(window_starts(int(hours), span, self.fractions, self.split))
             if starts.size == 0:
                 continue
             missing = np.concatenate([[0], np.cumsum(~observed)])
@@ -155,11 +145,11 @@ class CityWindows(torch.utils.data.Dataset):
             for s in shards:
                 rows = read_shard(self.city_dir / s["file"])
                 at = (rows.time - t0) // HOUR
-                values[at], mask[at] = rows.values, rows.mask
+                values[at], mask[at] = rows.values[:, self.columns], rows.mask[:, self.columns]
             norm = np.where(mask, (values - self.mean) / self.std, 0.0).astype(np.float32)
             step = np.arange(hours)[:, None]
             last = np.maximum.accumulate(np.where(mask, step, -1), axis=0)
-            use = (last >= 0) & (step - last <= self.fill_hours)
+            use = (last >= 0) & (step - last <= self.fill_hours[None, :])
             filled = np.where(use, np.take_along_axis(norm, np.maximum(last, 0), axis=0), 0.0)
             t = (t0 + np.arange(hours) * HOUR).astype(np.float64)
             hour_angle = 2 * np.pi * (t % 86400) / 86400

@@ -1,8 +1,12 @@
-"""The three kinds of process group a rank belongs to, built from the topology.
+"""The process groups a rank belongs to, built from the topology.
 
-- world:  every rank (only the flat data-parallel baseline uses it for gradients)
+Normally (the federated algorithms) each city is a torch.distributed world of its own: `city` is
+all there is, and nothing of torch.distributed crosses the WAN (the cities meet through the
+coordinator, crosscity.federation). The two baselines that need one world over every city (flat,
+PyTorch's averager) get three kinds of group:
+- world:  every rank (flat sums its gradients here; PyTorch's averager averages here)
 - city:   the ranks of my city; gradients are all-reduced here every step (LAN)
-- stripe: local rank k of every city; carries stripe k of the parameters across the WAN
+- stripe: local rank k of every city (unused by the baselines, kept for the layout)
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from crosscity.train.distributed.topology import Topology
 class Groups:
     world: dist.ProcessGroup
     city: dist.ProcessGroup
-    stripe: dist.ProcessGroup
-    city_ranks: list[int]  # global ranks of my city, in local-rank order
-    stripe_ranks: list[int]  # global ranks of my stripe, in city order
+    stripe: dist.ProcessGroup | None
+    city_ranks: list[int]  # ranks of my city in the default world, in local-rank order
+    stripe_ranks: list[int]  # ranks of my stripe, in city order (empty in a city's own world)
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
@@ -65,6 +69,19 @@ def init_groups(topo: Topology, store: dist.Store, backend: str, timeout_s: floa
             stripe_group, stripe_ranks = group, ranks
     assert city_group is not None and stripe_group is not None
     return Groups(dist.group.WORLD, city_group, stripe_group, city_ranks, stripe_ranks)
+
+
+def init_city_groups(topo: Topology, store: dist.Store, backend: str, timeout_s: float) -> Groups:
+    """This city's own world: its R ranks, local rank = rank (a failure elsewhere cannot reach it)."""
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=topo.local_rank,
+        world_size=topo.ranks_per_city,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    world = dist.group.WORLD
+    return Groups(world, world, None, list(range(topo.ranks_per_city)), [])
 
 
 def destroy_groups() -> None:

@@ -6,7 +6,6 @@ launcher may number ranks however it likes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -43,13 +42,6 @@ class Topology:
     def city_ranks(self, city: int) -> list[int]:
         """Global ranks of `city`, in local-rank order (what every per-city group is built from)."""
         return [self.rank_of(city, k) for k in range(self.ranks_per_city)]
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Topology:
-        """From whatever started this rank: CROSSCITY_*, torchrun, Slurm or MPI (train/topology_env.py)."""
-        from crosscity.train.distributed.topology_env import detect_topology
-
-        return detect_topology(env)
 
     def to_env(self) -> dict[str, str]:
         return {

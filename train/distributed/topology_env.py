@@ -1,4 +1,4 @@
-"""Topology and rendezvous from whatever started this rank: crosscity, Slurm, torchrun, horovodrun or MPI.
+"""The topology from whatever started this rank: crosscity, Slurm, torchrun, horovodrun or MPI.
 
 Each launcher describes "who am I" in its own variables; this module turns any of them into one
 `Topology(city, num_cities, local_rank, ranks_per_city)`, so the trainer never cares how it was
@@ -9,7 +9,6 @@ started. Explicit `CROSSCITY_*` variables always win over derived values: a temp
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Mapping
 
@@ -177,53 +176,3 @@ def detect_topology(env: Mapping[str, str] | None = None) -> Topology:
         "cannot tell this rank's place: set CROSSCITY_CITY/NUM_CITIES/LOCAL_RANK/RANKS_PER_CITY, "
         "or start it with srun (SLURM_PROCID), torchrun (RANK/WORLD_SIZE), horovodrun or mpiexec"
     )
-
-
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-
-
-def expand_hostlist(hostlist: str) -> list[str]:
-    """Slurm's compact host list (`node[1-3,07],login`) -> host names, in order."""
-    hosts: list[str] = []
-    depth, start = 0, 0
-    for i, ch in enumerate(hostlist + ","):
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            if i > start:
-                hosts.extend(_expand_one(hostlist, hostlist[start:i]))
-            start = i + 1
-    if depth:
-        raise ValueError(f"host list {hostlist!r}: unbalanced brackets")
-    return hosts
-
-
-def _expand_one(hostlist: str, entry: str) -> list[str]:
-    open_at = entry.find("[")
-    if open_at < 0:
-        return [entry]
-    close_at = entry.index("]", open_at)
-    prefix, body, rest = entry[:open_at], entry[open_at + 1 : close_at], entry[close_at + 1 :]
-    names = []
-    for part in body.split(","):
-        m = _RANGE.match(part)
-        if not m:
-            raise ValueError(f"host list {hostlist!r}: bad range {part!r} (expected N or N-M)")
-        lo, hi = m.group(1), m.group(2) or m.group(1)
-        width = len(lo) if lo.startswith("0") else 0
-        names.extend(f"{prefix}{n:0{width}d}" for n in range(int(lo), int(hi) + 1))
-    return [name + tail for name in names for tail in _expand_one(hostlist, rest)]
-
-
-def rendezvous_from_env(env: Mapping[str, str] | None = None) -> tuple[str, int] | None:
-    """MASTER_ADDR/MASTER_PORT if exported, else the first node of the Slurm job and a port from the
-    job id (same for every task of the job); None outside both (the run folder's coordinator.json
-    then names the store)."""
-    env = os.environ if env is None else env
-    if "MASTER_ADDR" in env:
-        return env["MASTER_ADDR"], _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
-    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-    if not nodelist or "SLURM_JOB_ID" not in env:
-        return None
-    job = _int(env, "SLURM_ARRAY_JOB_ID" if "SLURM_ARRAY_JOB_ID" in env else "SLURM_JOB_ID")
-    task = _int(env, "SLURM_ARRAY_TASK_ID") if "SLURM_ARRAY_TASK_ID" in env else 0
-    return expand_hostlist(nodelist)[0], 20000 + (job * 64 + task) % 40000

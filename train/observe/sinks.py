@@ -56,7 +56,7 @@ class PrometheusSink:
     (see `.port`).
     """
 
-    def __init__(self, port: int, labels: dict[str, Any], host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, labels: dict[str, Any], host: str = "127.0.0.1") -> None:
         self.labels = {k: str(v) for k, v in labels.items()}
         self._lock = threading.Lock()
         self._gauges: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -158,15 +158,16 @@ def tensorboard_sink(log_dir: Path) -> TensorBoardSink | None:
 def make_sinks(monitor: Any, run_dir: Path, topo: Any) -> list[Sink]:
     """The optional sinks `monitor` (MonitorConfig) asks for, for the rank `topo` (Topology).
 
-    Rank G serves Prometheus on monitor.prometheus_port + G, so ranks sharing a host never collide.
+    Rank G serves Prometheus on monitor.prometheus_port + G, so ranks sharing a host never collide,
+    bound to monitor.prometheus_host (127.0.0.1 unless the config opens it to a network).
     """
     sinks: list[Sink] = []
     labels = {"city": topo.city, "local_rank": topo.local_rank, "global_rank": topo.global_rank}
     if monitor.prometheus_port > 0:
         port = monitor.prometheus_port + topo.global_rank
         try:
-            sinks.append(PrometheusSink(port, labels))
-            log.info("prometheus metrics at http://0.0.0.0:%d/metrics", port)
+            sinks.append(PrometheusSink(port, labels, monitor.prometheus_host))
+            log.info("prometheus metrics at http://%s:%d/metrics", monitor.prometheus_host, port)
         except OSError as exc:
             log.warning("prometheus endpoint on port %d not started (%s); training goes on", port, exc)
     if monitor.tensorboard:

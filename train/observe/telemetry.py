@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from crosscity.config.schema import Config
+from crosscity.config import Config
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.observe.gpu_monitor import GpuMonitor, device_for_cuda_index
 from crosscity.train.observe.metrics_log import MetricsLog

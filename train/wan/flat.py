@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import GRAD_BYTES, LanReducer, TorchReducer
@@ -21,6 +21,7 @@ from crosscity.train.wan.sync import InterCitySync, WanRound
 
 class FlatSync(InterCitySync):
     gradient_link: ClassVar[Literal["lan", "wan"]] = "wan"
+    spans_world: ClassVar[bool] = True
 
     @classmethod
     def make_clock(cls, cfg: WanConfig) -> RoundClock:
@@ -42,11 +43,6 @@ class FlatSync(InterCitySync):
         return WanRound(step, sent, recv, self.gradient_seconds, list(range(self.topo.num_cities)))
 
     def agree_to_stop(self, city_votes: float, mine: bool, step: int) -> tuple[bool, bool]:
-        """The world gradient sum already carried every rank's stop flag: all ranks see the same sum."""
+        """The world gradient sum already carried every rank's stop flag: all ranks see the same sum
+        and stop together (the world cannot go on without a city)."""
         return city_votes > 0, mine
-
-    def _final_round(self) -> WanRound | None:
-        return None  # every step already ended with equal parameters everywhere
-
-    def _round(self) -> WanRound:  # pragma: no cover - flat has no averaging rounds
-        raise NotImplementedError

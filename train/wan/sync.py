@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from crosscity.config.schema import WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.distributed.process_groups import Groups
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.lan.allreduce import LanReducer, TorchReducer, allreduce_gradients, open_reducer
 from crosscity.train.wan.clock import RoundClock
-from crosscity.train.wan.codecs import ErrorFeedback, make_codec
-from crosscity.train.wan.collectives import WanBytes, average_across_cities
 
 
 @dataclass
@@ -43,6 +41,9 @@ class InterCitySync(ABC):
 
     # Which link the step's gradient sum travels: the city's LAN, or (flat) the WAN itself.
     gradient_link: ClassVar[Literal["lan", "wan"]] = "lan"
+    # True for the baselines that need one torch.distributed world over every city (flat, PyTorch's
+    # averager): plaintext gloo across the WAN, and one city's failure stops all (docs/security.md).
+    spans_world: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -58,12 +59,9 @@ class InterCitySync(ABC):
         self.reducer = reducer or TorchReducer(groups.city)
         self.grad_dtype = grad_dtype
         self.clock = self.make_clock(cfg)
-        self.codec = make_codec(cfg.codec)
-        self.feedback = ErrorFeedback() if cfg.error_feedback else None
         self.rounds = 0
-        self.samples_since_round = 0
         self.gradient_seconds = 0.0  # the last sum_gradients call
-        self._pending_vote: tuple[Any, torch.Tensor, bool] | None = None  # (work, world sum, mine)
+        self.log_event: Callable[..., None] = lambda **fields: None  # the trainer routes it to the metrics
 
     @classmethod
     def make_clock(cls, cfg: WanConfig) -> RoundClock:
@@ -85,42 +83,33 @@ class InterCitySync(ABC):
         self.gradient_seconds = time.perf_counter() - start
         return sums[: len(words)]
 
+    @abstractmethod
     def after_step(self, step: int, samples: int) -> WanRound | None:
-        """Count the samples; run a round when the clock says so (the periodic algorithms)."""
-        self.samples_since_round += samples
-        return self._round() if self.clock.is_round(step) else None
+        """After each inner optimizer step: start, merge or run this algorithm's rounds."""
 
     def agree_to_stop(self, city_votes: float, mine: bool, step: int) -> tuple[bool, bool]:
-        """(stop now?, is my city the one leaving?): the same answer on every rank at the same step.
+        """(stop now?, is my city the one leaving?): the same answer on every rank of the city.
 
-        `city_votes` is the city's sum of stop flags from this step's gradient sum. Cities vote at
-        each round boundary with a background all-reduce and act on the result at the next one:
-        the vote never blocks training on a WAN round trip, and a preemption notice (minutes ahead)
-        easily covers one period.
-        """
-        if not self.clock.is_round(step):
-            return False, False
-        if self._pending_vote is not None:
-            work, flag, mine_then = self._pending_vote
-            work.wait()
-            self._pending_vote = None
-            if flag.item() > 0:
-                return True, mine_then
-        flag = torch.tensor([float(city_votes > 0)], device=self._device())
-        work = dist.all_reduce(flag, group=self.groups.world, async_op=True)
-        self._pending_vote = (work, flag, city_votes > 0)
-        return False, False
+        `city_votes` is the city's sum of stop flags from this step's gradient sum: a preempted city
+        checkpoints and leaves on its own; the others never wait for it."""
+        return city_votes > 0, city_votes > 0
+
+    def join(self, fresh: bool, step: int) -> None:  # noqa: B027 - only the federated algorithms join
+        """Before the first step: take part in the run (register, heal from the global model)."""
 
     def finish(self) -> WanRound | None:
-        """End of training: settle a vote still in flight, then the final round so every city ends
-        with the same parameters."""
-        if self._pending_vote is not None:
-            self._pending_vote[0].wait()  # training is over: a late vote changes nothing
-            self._pending_vote = None
-        return self._final_round()
+        """End of training: the final round, so every city ends with the same parameters."""
+        return None
 
-    def _final_round(self) -> WanRound | None:
-        return self._round() if self.samples_since_round else None
+    def holds_global_model(self) -> bool:
+        """May this city write the run's final model? The baselines end equal everywhere: city 0 does."""
+        return self.topo.city == 0
+
+    def report_final(self, result: dict[str, Any]) -> None:  # noqa: B027 - only the federated algorithms
+        """Hand the city's final result to the run's coordinator (local rank 0)."""
+
+    def leave(self, reason: str) -> None:  # noqa: B027 - only the federated algorithms
+        """This city stops: "finished", or "preempted" (it will be back)."""
 
     def city_votes(self) -> list[float]:
         """Control words to sum over the city with this step's gradients (streaming: landed results)."""
@@ -132,29 +121,22 @@ class InterCitySync(ABC):
     def global_params(self) -> torch.Tensor:
         """This city's copy of the global model at its last round, as one flat vector (read-only): what
         FedProx keeps the inner steps close to (`wan.prox_mu`) and what validation scores. Here the
-        parameters themselves; the periodic algorithms return the copy they keep between rounds."""
+        parameters themselves; the federated algorithms return the global model they merged last."""
         return self._flat_params()
 
     def close(self) -> None:
-        """Release what the sync holds (streaming's exchange thread, the reducer) when the rank stops."""
+        """Release what the sync holds (exchange threads, connections, the reducer) when the rank stops."""
         self.reducer.close()
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        feedback = self.feedback.state_dict() if self.feedback else None
-        return {"rounds": self.rounds, "samples_since_round": self.samples_since_round, "feedback": feedback}
+        return {"rounds": self.rounds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rounds = state["rounds"]
-        self.samples_since_round = state["samples_since_round"]
-        if self.feedback is not None and state.get("feedback") is not None:
-            self.feedback.load_state_dict(state["feedback"])
 
-    @abstractmethod
-    def _round(self) -> WanRound: ...
-
-    # ------------------------------------------------------------------ helpers of the periodic algorithms
+    # ------------------------------------------------------------------ helpers
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -165,34 +147,3 @@ class InterCitySync(ABC):
     def _set_params(self, flat: torch.Tensor) -> None:
         with torch.no_grad():
             vector_to_parameters(flat, self.model.parameters())
-
-    def _city_weight(self) -> float:
-        """FedAvg weight: samples the whole city processed since the last round (equal per rank)."""
-        return float(self.samples_since_round * self.topo.ranks_per_city)
-
-    def _mean(self, flat: torch.Tensor, weight: float, key: str) -> tuple[torch.Tensor, WanBytes]:
-        return average_across_cities(flat, weight, self.groups, self.topo, self.codec, self.feedback, key)
-
-    def _sync_optimizer_state(self, weight: float) -> WanBytes:
-        """Apply the optimizer-state policy at a round: keep local, average across cities, or reset."""
-        policy = self.cfg.optimizer_state
-        if policy == "reset":
-            self.optimizer.state.clear()
-            return WanBytes()
-        moved = WanBytes()
-        if policy == "average":
-            for i, (_, state) in enumerate(sorted(self.optimizer.state.items(), key=lambda kv: id(kv[0]))):
-                for name in sorted(state):
-                    tensor = state[name]
-                    if torch.is_tensor(tensor) and tensor.is_floating_point() and tensor.dim() > 0:
-                        mean, b = self._mean(tensor.flatten(), weight, key=f"opt{i}.{name}")
-                        tensor.copy_(mean.view_as(tensor))
-                        moved = moved + b
-        return moved
-
-    def _record(self, moved: WanBytes, seconds: float, **extra: Any) -> WanRound:
-        self.rounds += 1
-        self.samples_since_round = 0
-        return WanRound(
-            self.rounds, moved.sent, moved.recv, seconds, list(range(self.topo.num_cities)), extra=extra
-        )

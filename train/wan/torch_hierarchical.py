@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
+import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
-from crosscity.config.schema import ConfigError, WanConfig
+from crosscity.config import WanConfig
 from crosscity.train.wan.clock import PytorchAveragerClock, RoundClock
 from crosscity.train.wan.collectives import world_ring_bytes
 from crosscity.train.wan.sync import InterCitySync, WanRound
@@ -33,20 +35,19 @@ from crosscity.train.wan.sync import InterCitySync, WanRound
 class TorchHierarchicalSync(InterCitySync):
     """Calls `HierarchicalModelAverager.average_parameters` after every inner step, as PyTorch documents."""
 
+    spans_world: ClassVar[bool] = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         every, world = self.cfg.sync_every, self.topo.world_size
-        intra = getattr(self.cfg, "torch_intra_every", 0)  # 0 = no intra-city level
+        intra = self.cfg.torch_intra_every  # 0 = no intra-city level
         levels: OrderedDict[int, int] = OrderedDict()
         if intra:
-            if not 0 < intra < every or every % intra:
-                raise ConfigError(
-                    f"wan.torch_intra_every={intra}: must divide wan.sync_every={every} and be smaller"
-                )
             levels[intra] = self.topo.ranks_per_city
         levels[every] = world
         self.averager = HierarchicalModelAverager(levels, warmup_steps=self.cfg.warmup_steps)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self._pending_vote: tuple[Any, torch.Tensor, bool] | None = None  # (work, world sum, mine)
 
     @classmethod
     def make_clock(cls, cfg: WanConfig) -> RoundClock:
@@ -58,16 +59,40 @@ class TorchHierarchicalSync(InterCitySync):
         self.averager.average_parameters(self.model.parameters())
         if not self.clock.is_round(step):
             return None
-        return self._record(world_ring_bytes(4 * self.n_params, self.topo), time.perf_counter() - start)
+        return self._record(time.perf_counter() - start)
 
-    def _final_round(self) -> WanRound | None:
+    def agree_to_stop(self, city_votes: float, mine: bool, step: int) -> tuple[bool, bool]:
+        """Every city stops at one step (the world averager needs all of them): cities vote at each
+        round boundary with a background all-reduce and act on it at the next one, so the vote never
+        blocks training on a WAN round trip; a preemption notice (minutes ahead) covers one period."""
+        if not self.clock.is_round(step):
+            return False, False
+        if self._pending_vote is not None:
+            work, flag, mine_then = self._pending_vote
+            work.wait()
+            self._pending_vote = None
+            if flag.item() > 0:
+                return True, mine_then
+        flag = torch.tensor([float(city_votes > 0)], device=self._device())
+        work = dist.all_reduce(flag, group=self.groups.world, async_op=True)
+        self._pending_vote = (work, flag, city_votes > 0)
+        return False, False
+
+    def finish(self) -> WanRound | None:
         """One more world average so every city ends equal (PyTorch has no final sync of its own)."""
-        return None if self.clock.is_round(self.averager.step) else self._round()
-
-    def _round(self) -> WanRound:
+        if self._pending_vote is not None:
+            self._pending_vote[0].wait()  # training is over: a late vote changes nothing
+            self._pending_vote = None
+        if self.clock.is_round(self.averager.step):
+            return None
         start = time.perf_counter()
         average_parameters(iter(self.model.parameters()), self.groups.world)
-        return self._record(world_ring_bytes(4 * self.n_params, self.topo), time.perf_counter() - start)
+        return self._record(time.perf_counter() - start)
+
+    def _record(self, seconds: float) -> WanRound:
+        self.rounds += 1
+        moved = world_ring_bytes(4 * self.n_params, self.topo)
+        return WanRound(self.rounds, moved.sent, moved.recv, seconds, list(range(self.topo.num_cities)))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "averager_step": self.averager.step}
