@@ -19,10 +19,12 @@ from torch import nn
 
 from crosscity.config import Config, ConfigError, load_config
 from crosscity.core.atomic_io import atomic_write_text
+from crosscity.core.forecast_scores import pool_metrics
+from crosscity.data_prep.dataset import read_dataset
 from crosscity.data_prep.errors import DatasetError, RunDataError
 from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.train.data.windows import SPLITS, CityWindows
-from crosscity.train.evaluate import Scores, pool_metrics, score, window_options
+from crosscity.train.evaluate import Scores, score, window_options
 from crosscity.train.models import build_model
 
 EXAMPLES = """examples:
@@ -84,9 +86,7 @@ def evaluate_run(run_dir: Path, split: str = "val", data_dir: Path | None = None
     if data_dir is None:
         names = resolve_cities(cfg.data.dir, cfg.data.cities, cfg.topology.cities)
     else:
-        names = sorted(p.parent.name for p in root.glob("*/manifest.json"))
-    if not names:
-        raise EvalError(f"{root}: no prepared city folders (run `crosscity prep`)")
+        names = sorted(read_dataset(root)["cities"])
     torch.set_num_threads(1)  # as in the ranks: the same kernels, so the same sums
     cities, all_totals, all_scores, model = [], [], [], None
     for name in names:

@@ -11,7 +11,14 @@ from crosscity.train.observe.metrics_log import read_records
 from tests.helpers.runs import CONFIG, QUICK, crosscity
 
 # every validation window (the eval command scores them all), a validation pass every 10 steps
-RUN = [*QUICK, "topology.cities=2", "train.steps=40", "train.eval_every=10", "train.max_val_windows=0"]
+RUN = [
+    *QUICK,
+    "topology.cities=2",
+    "data.cities=centre,east",
+    "train.steps=40",
+    "train.eval_every=10",
+    "train.max_val_windows=0",
+]
 
 
 @pytest.fixture(scope="module")
