@@ -74,7 +74,7 @@ class WanConfig:
     overlap_steps: int = 2  # streaming: tau inner steps a fragment exchange may overlap
     merge: Literal["fixed", "when_ready"] = "fixed"  # streaming: at step start+tau, or once landed (>= tau)
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
-    optimizer_state: Literal["keep", "average", "reset"] = "keep"
+    optimizer_state: Literal["keep", "reset"] = "keep"  # reset: drop the inner optimizer state after a merge
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
     prox_mu: float = 0.0  # FedProx: + mu/2 ||w - w_global||^2 on the inner loss (average, diloco, streaming)
     min_cities: int = 1  # a round commits with at least this many cities (wait-after-minimum)

@@ -361,6 +361,37 @@ def add(directory: Path, city: str, days: int = 365) -> x509.Certificate:
     return cert
 
 
+def cover_hosts(directory: Path, hosts: Sequence[str], days: int = 365) -> bool:
+    """Re-issue the coordinator's certificate when it does not name every host in `hosts` (a
+    coordinator restarted on another node); the names it had stay. True if it was re-issued."""
+    path = Path(directory) / f"{file_stem(COORDINATOR, COORDINATOR)}.pem"
+    cert = _read(path, x509.load_pem_x509_certificate)
+    had = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    named = {str(n.value).lower() for n in had if isinstance(n, (x509.DNSName, x509.IPAddress))}
+    missing = [h for h in hosts if str(ipaddress.ip_address(h) if _is_ip(h) else h.lower()) not in named]
+    if not missing:
+        return False
+    keep = [n for n in had if isinstance(n, (x509.DNSName, x509.IPAddress))]
+    authority = _load_authority(directory)
+    cert, key = issue(
+        authority,
+        COORDINATOR,
+        COORDINATOR,
+        not_after=_cutoff(days),
+        hosts=[*(str(n.value) for n in keep), *missing],
+    )
+    write_identity(directory, COORDINATOR, COORDINATOR, cert, key)
+    return True
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def revoke(directory: Path, city: str) -> int:
     """Add the city's certificate to the CRL (re-signed, CRL number + 1, written atomically); its serial."""
     authority = _load_authority(directory)

@@ -28,12 +28,16 @@ def certs_dir(cfg: Config, run_dir: Path) -> Path:
 
 
 def run_certs(cfg: Config, run_dir: Path, names: Sequence[str], hosts: Sequence[str]) -> Path | None:
-    """The run's own CA and identities (the local launcher, the demo): made once, kept on resume."""
+    """The run's own CA and identities, made by the coordinator at its first start (locally and on
+    Slurm alike; the cities read them from the shared run directory), kept on resume."""
     if cfg.security.insecure or cfg.security.certs:
         return None
     folder = certs_dir(cfg, run_dir)
+    hosts = list(dict.fromkeys([*hosts, *certs.LOCAL_HOSTS]))
     if not (folder / certs.CA_CERT).is_file():
-        certs.init(folder, list(names), list(dict.fromkeys([*hosts, *certs.LOCAL_HOSTS])), days=30)
+        certs.init(folder, list(names), hosts, days=30)
+    else:
+        certs.cover_hosts(folder, hosts, days=30)
     return folder
 
 

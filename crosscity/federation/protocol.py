@@ -19,7 +19,7 @@ REGISTER = message_kind(
     "register",
     name=str,
     n_params=int,  # flat parameter count: fixes the fragment and stripe layout
-    n_extra=int,  # flat optimizer-state values averaged each round (wan.optimizer_state=average), else 0
+    n_extra=int,  # optimizer-state values averaged with the stripe (reserved: cities send 0)
     initial_sha=str,  # sha256 of the city's parameters if it starts fresh, "" when resuming
     versions=list,  # the city's base version of each fragment (-1: none yet)
     step=int,

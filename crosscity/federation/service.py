@@ -15,7 +15,7 @@ from pathlib import Path
 from crosscity.config import load_config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.federation.coordinator import TICK_S, Coordinator
-from crosscity.federation.endpoints import INSECURE_WARNING, coordinator_endpoint
+from crosscity.federation.endpoints import INSECURE_WARNING, coordinator_endpoint, run_certs
 from crosscity.federation.transport import Server, TlsEndpoint
 
 COORDINATOR_FILE = "coordinator.json"
@@ -45,6 +45,8 @@ def serve(
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     coordinator = Coordinator(run_dir, cfg)
+    if tls is None and coordinator.names is not None:  # secure by default: the run's own CA, made once
+        run_certs(cfg, run_dir, coordinator.names, [advertise or host])
     tls = tls if tls is not None else coordinator_endpoint(cfg, run_dir)
     if tls is None:
         print(INSECURE_WARNING, flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 from crosscity.config import Config
 from crosscity.config.sections import WORLD_ALGORITHMS
 from crosscity.core.exit_codes import EXIT_REQUEUE
-from crosscity.federation.endpoints import INSECURE_WARNING, city_names, run_certs
+from crosscity.federation.endpoints import INSECURE_WARNING, city_names
 from crosscity.train.distributed.rendezvous import CITY_STORE_ENV
 from crosscity.train.distributed.topology import Topology
 
@@ -153,10 +153,8 @@ class FederatedLauncher:
         self.stop_deadline: float | None = None  # stopping: when the ranks get the signal themselves
 
     def run(self) -> int:
-        names = city_names(self.cfg, self.l.run_dir)
-        if names is None:
+        if city_names(self.cfg, self.l.run_dir) is None:
             raise LaunchError(f"{self.l.run_dir}: no dataset.json and no data.cities: which cities?")
-        run_certs(self.cfg, self.l.run_dir, names, [self.l.store_host])  # secure by default
         if self.cfg.security.insecure:
             print(INSECURE_WARNING, flush=True)
         # Signals reach the main thread only: a launcher run from another thread (a benchmark, a

@@ -12,7 +12,7 @@ def test_real_commands_refuse_before_preparing_or_scheduling(tmp_path: Path) -> 
     prepare 420k rows first)."""
     cases = [
         ("run", str(CONFIG), "data.cities=north,north", "topology.cities=2", "wan.optimizer_state=average"),
-        ("run", str(CONFIG), "wan.algorithm=streaming", "wan.optimizer_state=average"),
+        ("run", str(CONFIG), "wan.algorithm=streaming", "wan.optimizer_state=reset"),
         ("submit", str(CONFIG), "train.device=cuda"),
         ("demo", "--out", str(tmp_path / "demo"), "wan.codec=int7"),
     ]

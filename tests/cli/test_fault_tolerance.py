@@ -138,6 +138,7 @@ def test_the_others_train_on_and_the_faulted_part_comes_back(
 def test_a_run_directory_belongs_to_one_config(small_dataset: Path, tmp_path: Path) -> None:
     base = [
         f"data.dir={small_dataset}",
+        "data.cities=north,east",
         "topology.cities=2",
         "train.steps=5",
         *QUICK,

@@ -117,8 +117,8 @@ ROWS = [
     ),
     Row(
         "streaming_keeps_optimizer_state",
-        ["wan.algorithm=streaming", "wan.optimizer_state=average"],
-        "wan.optimizer_state='average': streaming supports only 'keep'",
+        ["wan.algorithm=streaming", "wan.optimizer_state=reset"],
+        "wan.optimizer_state='reset': streaming supports only 'keep'",
     ),
     Row(
         "torch_intra_every_divides_period",

@@ -203,3 +203,18 @@ def test_cli_corrupt_or_missing_files_are_one_line_exit_2(tmp_path, capsys):
     assert (
         err.startswith(f"crosscity certs revoke: {pki / certs.CRL}: not a valid PEM") and err.count("\n") == 1
     )
+
+
+def test_a_coordinator_on_a_new_host_gets_a_certificate_naming_it_too(pki):
+    """A coordinator restarted on another node: its certificate is re-issued by the same CA with the
+    new host added; the cities' certificates and the CA stay, so the cities keep trusting it."""
+    before = cert(pki / "coordinator.pem")
+    assert not certs.cover_hosts(pki, ["COORD.example.org", "10.0.0.5"])  # already named: kept
+    assert cert(pki / "coordinator.pem").serial_number == before.serial_number
+    assert certs.cover_hosts(pki, ["node2"])
+    after = cert(pki / "coordinator.pem")
+    after.verify_directly_issued_by(cert(pki / "ca.pem"))
+    san = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["coord.example.org", "node2"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert certs.identity_of(after) == ("coordinator", "coordinator")

@@ -143,7 +143,7 @@ class HorovodReducer:
         if topo.local_rank == 0:
             self.server, port = _serve(slots)
             address = [f"{slots[0].hostname}:{port}"]
-        src = topo.rank_of(topo.city, 0)
+        src = dist.get_global_rank(city, 0)  # 0 in a city of its own, the city's first rank in a world
         dist.broadcast_object_list(address, src=src, group=city, device=device)
         host, port = address[0].rsplit(":", 1)
         return {**slot_env(slots[topo.local_rank]), _ADDR: host, _PORT: port}
