@@ -15,8 +15,10 @@ from crosscity.bench.quality.datasets import Split
 from crosscity.bench.quality.rows import Row
 from crosscity.config import load_config, to_dict
 from crosscity.core.forecast_scores import pool_metrics
+from crosscity.data_prep.run_checks import check_run_data
 from crosscity.launch.eval_command import write_eval
 from crosscity.launch.local.launcher import LocalLauncher
+from crosscity.launch.report.summary import write_summary
 from crosscity.launch.run_dir import resolve_run
 
 EVAL_SPLITS = ("val", "test")
@@ -72,9 +74,12 @@ def train_and_score(config: Path, launch: Launch, common: list[str]) -> bool:
         return False
     shutil.rmtree(launch.run_dir, ignore_errors=True)  # a leftover checkpoint would be resumed
     cfg, path = resolve_run(config, [*common, *launch.overrides], launch.run_dir)
+    data = check_run_data(cfg)  # as `crosscity run` does: dataset.json names the cities (certificates)
+    data.write(path)
     code = LocalLauncher(path, cfg, echo=False).run()
     if code != 0:
         raise RunFailed(f"{launch.run_dir}: training exited {code}; logs in {launch.run_dir / 'logs'}")
+    write_summary(path, cfg, dataset=data)  # pools the cities and puts the chosen model in final/model.pt
     for split in EVAL_SPLITS:
         write_eval(path, split)
     return True
