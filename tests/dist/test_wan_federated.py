@@ -154,5 +154,7 @@ def test_the_bytes_accounted_are_the_bytes_the_kernel_delivered(tmp_path: Path) 
             # 1 B content type, 16 B AEAD tag), a record per send of at most 16 KiB.
             overhead = got["written"] - got["sent"]
             assert overhead % TLS_RECORD_OVERHEAD == 0, got
-            assert -(-got["sent"] // 16384) <= overhead // TLS_RECORD_OVERHEAD <= got["sent"] // 16384 + 3, got
+            assert -(-got["sent"] // 16384) <= overhead // TLS_RECORD_OVERHEAD <= got["sent"] // 16384 + 3, (
+                got
+            )
     assert np.isclose(results[0]["average-none"]["sent"] / results[0]["average-int8"]["sent"], 4, rtol=0.15)
