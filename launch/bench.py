@@ -11,6 +11,7 @@ BENCHES = {
     "chaos": "crosscity.bench.chaos.run_bench",
     "data": "crosscity.bench.data.run_bench",
     "monitor": "crosscity.bench.monitor.overhead",
+    "quality": "crosscity.bench.quality.run_bench",
 }
 USAGE = f"usage: crosscity bench {{{','.join(BENCHES)}}} [options]   (each has --help)"
 

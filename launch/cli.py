@@ -28,6 +28,7 @@ DELEGATED = {
     ),
     "status": ("crosscity.launch.slurm.status", "state, step and last log line of each city of a run"),
     "report": ("crosscity.launch.report.command", "Markdown summary and plots of a run or a sweep"),
+    "eval": ("crosscity.launch.eval_command", "score a finished run's final model on a split (val, test)"),
     "bench": ("crosscity.launch.bench", "benchmarks: `bench wan` (emulated WAN, root), `bench data`"),
     "coordinator": (
         "crosscity.launch.coordinator",

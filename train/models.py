@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from crosscity.config import ModelConfig
 
@@ -40,7 +41,41 @@ class GRUForecaster(nn.Module):
         return self.head(out[:, -1])
 
 
+class CausalBlock(nn.Module):
+    """One residual layer of a temporal convolution network: a dilated convolution that sees only
+    the past (left padding), GELU, dropout."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, dropout: float):
+        super().__init__()
+        self.pad = (kernel - 1) * dilation
+        self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.drop(F.gelu(self.conv(F.pad(h, (self.pad, 0)))))
+
+
+class TCNForecaster(nn.Module):
+    """Temporal convolutions with dilations 1, 2, 4, ...: `layers` blocks of kernel 3 see the last
+    2^(layers+1) - 1 hours; the last hour's features predict all horizons. Shares its weights over
+    time, so it has far fewer parameters than the MLP's first layer."""
+
+    KERNEL = 3
+
+    def __init__(self, n_inputs: int, horizon: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.inp = nn.Conv1d(n_inputs, hidden, 1)
+        self.blocks = nn.Sequential(*(CausalBlock(hidden, self.KERNEL, 2**i, dropout) for i in range(layers)))
+        self.head = nn.Linear(hidden, horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.inp(x.transpose(1, 2)))
+        return self.head(h[:, :, -1])
+
+
 def build_model(cfg: ModelConfig, past: int, n_inputs: int, horizon: int) -> nn.Module:
     if cfg.kind == "mlp":
         return MLPForecaster(past, n_inputs, horizon, cfg.hidden, cfg.layers, cfg.dropout)
+    if cfg.kind == "tcn":
+        return TCNForecaster(n_inputs, horizon, cfg.hidden, cfg.layers, cfg.dropout)
     return GRUForecaster(n_inputs, horizon, cfg.hidden, cfg.layers, cfg.dropout)

@@ -12,10 +12,12 @@ generation, resuming once the requeued city is back.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from crosscity.config import Config, load_config
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.core.forecast_scores import pool_metrics
 from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.data_prep.verify import full_check, quick_check
+from crosscity.train.best_model import BestModel
 from crosscity.train.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -56,12 +60,14 @@ from crosscity.train.distributed.rendezvous import (
 )
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.distributed.topology_env import detect_topology
-from crosscity.train.evaluate import evaluate
+from crosscity.train.evaluate import score, window_options
+from crosscity.train.init_from import load_init_model, previous_span_end, trained_on, windows_after
 from crosscity.train.models import build_model
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.straggler import StragglerDetector
 from crosscity.train.observe.telemetry import start_telemetry
-from crosscity.train.run_summary import write_city_result
+from crosscity.train.optim import build_optimizer, build_schedule, proximal_term
+from crosscity.train.run_summary import write_candidate, write_city_result
 from crosscity.train.wan.registry import SYNCS, build_sync
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
@@ -134,15 +140,8 @@ class Trainer:
             full_check(city_dir)  # one rank hashes; the others check sizes and versions
         elif cfg.data.verify != "off":
             quick_check(city_dir)
-        d = cfg.data
-        window = {
-            "past": d.past_hours,
-            "horizon": d.horizon_hours,
-            "target": d.target,
-            "max_missing": d.max_missing,
-            "stats": d.stats,
-            "fill_hours": None if d.fill_hours < 0 else d.fill_hours,
-        }
+        window = window_options(cfg.data)
+        self.city_dir, self.window = city_dir, window
         self.train_ds = CityWindows(city_dir, split="train", **window)
         self.val_ds = CityWindows(city_dir, split="val", **window)
         data_seed = cfg.train.seed * 1_000_003 + topo.city
@@ -158,12 +157,20 @@ class Trainer:
         self.model = build_model(
             cfg.model, cfg.data.past_hours, self.train_ds.n_inputs, cfg.data.horizon_hours
         ).to(self.device)
-        self.optimizer = self._build_optimizer()
+        self.init_from = Path(cfg.train.init_from) if cfg.train.init_from else None
+        if self.init_from:
+            load_init_model(self.model, self.init_from)  # before the sync copies it as the global model
+        self.init_params = parameters_to_vector(self.model.parameters()).detach().clone()
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.schedule = build_schedule(cfg.optim, self.optimizer, cfg.train.steps)
         seed_everything(cfg.train.seed + 7919 * topo.global_rank)  # distinct dropout noise per rank
         self.sync: InterCitySync = build_sync(
             cfg, run_dir, self.model, self.optimizer, topo, self.groups, self.device, self.city_name
         )
         self.state = RankState()
+        self.best = BestModel(cfg.train.patience, cfg.train.min_delta)  # early stopping (world baselines)
+        self.history: list[dict[str, Any]] = []  # every validation pass: step, this city's sums (rank 0)
+        self.new_hours: tuple[CityWindows, list[int], dict[str, float]] | None = None  # init_from
         self.log = MetricsLog(run_dir / "metrics" / f"rank{topo.global_rank}.jsonl", topo)
         self.sync.log_event = lambda **fields: self.log.write("event", **fields)
         # Who this rank sums gradients with: with Horovod, proof that its world is the city alone.
@@ -177,14 +184,6 @@ class Trainer:
         self.telemetry = start_telemetry(cfg, run_dir, topo, self.device, self.log)
         self.resumed = self._resume()
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        if o.name == "sgd":
-            return torch.optim.SGD(
-                self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-            )
-        return torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-
     # ------------------------------------------------------------------ checkpoints
 
     def _ckpt_path(self) -> Path:
@@ -196,6 +195,9 @@ class Trainer:
             return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]
         self.sync.load_state_dict(state["sync"])
         self.batches.load_state_dict(state["batches"])
         self.state = RankState(**state["rank"])
@@ -212,6 +214,9 @@ class Trainer:
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "best": self.best.state_dict(),
+                "history": self.history,
                 "sync": self.sync.state_dict(),
                 "batches": self.batches.state_dict(),
                 "rank": vars(self.state).copy(),
@@ -228,13 +233,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         pred = self.model(x)
         loss = (((pred - y) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
-        loss.backward()
+        objective = loss
+        if self.cfg.wan.prox_mu > 0:
+            objective = loss + proximal_term(self.model, self.sync.global_params(), self.cfg.wan.prox_mu)
+        objective.backward()
         t2 = time.perf_counter()
         (votes,) = self.sync.sum_gradients([float(self.stop.raised)])
         t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
+        self.schedule.step()
         t4 = time.perf_counter()
         self.state.step += 1
         self.state.samples += len(x)
@@ -269,17 +278,31 @@ class Trainer:
             **r.extra,
         )
 
+    @contextlib.contextmanager
+    def _params(self, flat: torch.Tensor) -> Iterator[None]:
+        """The model with these parameters for the duration of the block, then its own again."""
+        own = parameters_to_vector(self.model.parameters()).detach().clone()
+        with torch.no_grad():
+            vector_to_parameters(flat.clone(), self.model.parameters())
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                vector_to_parameters(own, self.model.parameters())
+
     def evaluate_city(self) -> dict[str, float]:
-        """Each rank of the city scores 1/R of the validation windows and the sums meet over the LAN:
-        a pass takes 1/R of the time and no rank idles in the next all-reduce meanwhile."""
+        """Scores the global model (the sync's copy of the last round). Each rank of the city scores 1/R
+        of the validation windows and the sums meet over the LAN: a pass takes 1/R of the time and no
+        rank idles in the next all-reduce meanwhile."""
         start = time.perf_counter()
-        sums = evaluate(
-            self.model,
-            self.val_ds,
-            max_windows=self.cfg.train.max_val_windows,
-            part=self.topo.local_rank,
-            parts=self.topo.ranks_per_city,
-        )
+        with self._params(self.sync.global_params()):
+            sums = score(
+                self.model,
+                self.val_ds,
+                max_windows=self.cfg.train.max_val_windows,
+                part=self.topo.local_rank,
+                parts=self.topo.ranks_per_city,
+            ).totals()
         if self.topo.ranks_per_city > 1:
             keys = sorted(sums)
             total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
@@ -316,9 +339,59 @@ class Trainer:
                 return self._stop_for_requeue(leaving)
             if cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0:
                 self.save()
-            if cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0:
-                self.evaluate_city()
+            last = self.state.step == cfg.train.steps  # _finish validates the final model
+            due = cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0 and not last
+            if due and self.validate():
+                self.log.write("event", event="early_stop", message=f"stopped at step {self.state.step}")
+                break
         return self._finish(time.perf_counter() - t_start)
+
+    def validate(self) -> bool:
+        """A validation pass of the global model, recorded for the best-model choice at the end
+        (launch/report/summary.py pools every city's passes); with train.patience (a world over every
+        city), the pooled RMSE decides here whether to stop: True."""
+        sums = self.evaluate_city()
+        entry: dict[str, Any] = {"step": self.state.step, "sums": sums if self.topo.local_rank == 0 else None}
+        entry.update(self._new_hours())
+        self.history = [e for e in self.history if e["step"] != self.state.step] + [entry]
+        if (
+            self.cfg.train.final_model == "best"
+            and self.topo.local_rank == 0
+            and self.sync.holds_global_model()
+        ):
+            with self._params(self.sync.global_params()):
+                write_candidate(self.run_dir, self.cfg, self.state.step, self.model)
+        if not self.cfg.train.patience:
+            return False
+        pooled = pool_metrics([self.pooled_validation(sums)])
+        return self.best.update(self.state.step, pooled["rmse"]).stop
+
+    def pooled_validation(self, city_sums: dict[str, float]) -> dict[str, float]:
+        """The validation sums of all cities, the same on every rank (so every rank takes the same
+        early-stopping decision): one small all-reduce over the world, local rank 0 of each city
+        contributing its city's sums. Only the world-spanning baselines have that world."""
+        keys = sorted(city_sums)
+        mine = [city_sums[k] if self.topo.local_rank == 0 else 0.0 for k in keys]
+        total = torch.tensor(mine, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, group=self.groups.world)
+        return dict(zip(keys, total.tolist(), strict=True))
+
+    def _new_hours(self) -> dict[str, Any]:
+        """With train.init_from: this city's test windows that end after the previous run's data, scored
+        by the initial model (once) and by the global model of this pass (local rank 0; a small set)."""
+        end = previous_span_end(self.init_from, self.city_name) if self.init_from else None
+        if end is None or self.topo.local_rank != 0:
+            return {}
+        if self.new_hours is None:
+            test = CityWindows(self.city_dir, split="test", **self.window)
+            windows = windows_after(test, end)
+            with self._params(self.init_params):
+                before = score(self.model, test, windows=windows).totals()
+            self.new_hours = (test, windows, before)
+        test, windows, before = self.new_hours
+        with self._params(self.sync.global_params()):
+            after = score(self.model, test, windows=windows).totals()
+        return {"new_hours": {"after_time": end, "before": before, "after": after}}
 
     def close(self) -> None:
         self.sync.close()
@@ -334,6 +407,7 @@ class Trainer:
             samples=self.state.samples,
             samples_per_s=self.interval.samples / max(self.interval.totals["t_step"], 1e-9),
             steps=self.interval.steps,
+            lr=self.schedule.get_last_lr()[0],
             **means,
         )
         if self.topo.ranks_per_city > 1:
@@ -372,7 +446,8 @@ class Trainer:
         if final is not None:
             self._log_round(final)
         self.log.step = self.state.step
-        sums = self.evaluate_city()
+        self.validate()
+        sums = self.history[-1]["sums"]
         samples = torch.tensor([float(self.state.samples)], dtype=torch.float64, device=self.device)
         if self.topo.ranks_per_city > 1:
             dist.all_reduce(samples, group=self.groups.city)
@@ -388,6 +463,8 @@ class Trainer:
                 self.model,
                 wall_s,
                 write_model=self.sync.holds_global_model(),
+                history=self.history,
+                dataset=trained_on(self.train_ds),
             )
             self.sync.report_final(result)
         if self.world_store is not None:

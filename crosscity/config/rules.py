@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from crosscity.config.errors import ConfigError
-from crosscity.config.sections import Config, SlurmConfig, field_types, per_city_index
+from crosscity.config.sections import WORLD_ALGORITHMS, Config, SlurmConfig, field_types, per_city_index
+from crosscity.core.yaml_load import safe_load_unique
 
 Check = Callable[[Config], str | None]
 
@@ -77,6 +80,7 @@ TYPE_ONLY = (
     "data.stats",
     "model.kind",
     "optim.name",
+    "optim.schedule",
     "lan.grad_dtype",
     "wan.algorithm",
     "wan.nesterov",
@@ -85,6 +89,7 @@ TYPE_ONLY = (
     "wan.aggregate",
     "train.requeue_signal",
     "train.device",
+    "train.final_model",
     "monitor.tensorboard",
 )
 
@@ -137,6 +142,8 @@ BOUNDS = {
     "optim.momentum": FRACTION,
     "optim.weight_decay": AT_LEAST_0,
     "optim.grad_clip": AT_LEAST_0,
+    "optim.warmup_steps": AT_LEAST_0,
+    "optim.min_lr_ratio": Bound(0, 1),
     "wan.sync_every": AT_LEAST_1,
     "wan.outer_lr": Bound(0, 10, low_open=True),
     "wan.outer_momentum": FRACTION,
@@ -152,6 +159,7 @@ BOUNDS = {
     "wan.min_rate_mbit": POSITIVE,
     "wan.trim": AT_LEAST_1,
     "wan.clip_factor": AT_LEAST_0,  # 0 = off, else > 1 (clip_factor_above_one)
+    "wan.prox_mu": AT_LEAST_0,
     "lan.timeout_s": POSITIVE,
     "topology.cities": AT_LEAST_1,
     "topology.ranks_per_city": AT_LEAST_1,
@@ -162,6 +170,8 @@ BOUNDS = {
     "train.checkpoint_every": AT_LEAST_0,
     "train.max_val_windows": AT_LEAST_0,
     "train.max_city_restarts": AT_LEAST_0,
+    "train.patience": AT_LEAST_0,
+    "train.min_delta": AT_LEAST_0,
     "monitor.gpu_interval_s": AT_LEAST_0,
     "monitor.straggler_factor": Bound(1, low_open=True),
     "monitor.straggler_steps": AT_LEAST_1,
@@ -358,6 +368,70 @@ def _intra(cfg: Config) -> str | None:
             f"wan.torch_intra_every={intra}: must divide wan.sync_every={every} and be smaller "
             "(torch_hierarchical's intra-city level runs between its inter-city rounds)"
         )
+    return None
+
+
+@rule("fedprox_needs_global_model", "wan.prox_mu", "wan.algorithm")
+def _fedprox(cfg: Config) -> str | None:
+    if cfg.wan.prox_mu > 0 and cfg.wan.algorithm in WORLD_ALGORITHMS:
+        return (
+            f"wan.prox_mu={cfg.wan.prox_mu} with wan.algorithm={cfg.wan.algorithm!r}: FedProx needs "
+            "a global model held between rounds: average, diloco or streaming"
+        )
+    return None
+
+
+@rule("early_stopping_needs_validation", "train.patience", "train.eval_every")
+def _patience_eval(cfg: Config) -> str | None:
+    if cfg.train.patience and not cfg.train.eval_every:
+        return f"train.patience={cfg.train.patience} needs validation passes: set train.eval_every > 0"
+    return None
+
+
+@rule("early_stopping_needs_world", "train.patience", "wan.algorithm")
+def _patience_world(cfg: Config) -> str | None:
+    """Stopping early is one decision for every city, taken during training from all cities' validation:
+    only a world over every city pools it as it goes (the best model is chosen at the end for all)."""
+    if cfg.train.patience and cfg.wan.algorithm not in WORLD_ALGORITHMS:
+        return (
+            f"train.patience={cfg.train.patience} with wan.algorithm={cfg.wan.algorithm!r}: early stopping "
+            "pools every city's validation during training, which only the world-spanning baselines "
+            f"({', '.join(WORLD_ALGORITHMS)}) do; the federated algorithms still keep the best model "
+            "(train.final_model=best, chosen from the pooled validation at the end)"
+        )
+    return None
+
+
+MODEL_SHAPE = (
+    "model.kind",
+    "model.hidden",
+    "model.layers",
+    "data.past_hours",
+    "data.horizon_hours",
+    "data.target",
+)
+
+
+@rule("init_from_is_a_finished_run_of_this_shape", "train.init_from", *MODEL_SHAPE)
+def _init_from(cfg: Config) -> str | None:
+    """Checked where the run is started, like security.certs: the source must be there already."""
+    if not cfg.train.init_from:
+        return None
+    source = Path(cfg.train.init_from)
+    key = f"train.init_from={source}"
+    if not (source / "final" / "model.pt").is_file() or not (source / "config.yaml").is_file():
+        return f"{key}: no final/model.pt and config.yaml there (not a finished run directory)"
+    try:
+        before = safe_load_unique((source / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        return f"{key}: its config.yaml is not valid YAML ({exc})"
+    for dotted in MODEL_SHAPE:
+        section, name = dotted.split(".")
+        then, now = (before.get(section) or {}).get(name), value(cfg, dotted)
+        if then != now:
+            return (
+                f"{key}: that run has {dotted}={then!r}, this one {now!r}; the model must have the same shape"
+            )
     return None
 
 

@@ -31,7 +31,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["mlp", "gru"] = "mlp"
+    kind: Literal["mlp", "gru", "tcn"] = "mlp"  # tcn: causal dilated convolutions over the window
     hidden: int = 128
     layers: int = 2
     dropout: float = 0.0
@@ -44,6 +44,9 @@ class OptimConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0 = off
+    schedule: Literal["constant", "cosine"] = "constant"  # per inner step, after the warm-up
+    warmup_steps: int = 0  # linear learning-rate warm-up from lr/warmup_steps to lr
+    min_lr_ratio: float = 0.0  # cosine: the floor reached at train.steps, as a fraction of optim.lr
 
 
 @dataclass
@@ -73,6 +76,7 @@ class WanConfig:
     warmup_steps: int = 0  # synchronous warm-up: average every step for the first W steps
     optimizer_state: Literal["keep", "reset"] = "keep"  # reset: drop the inner optimizer state after a merge
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
+    prox_mu: float = 0.0  # FedProx: + mu/2 ||w - w_global||^2 on the inner loss (average, diloco, streaming)
     min_cities: int = 1  # a round commits with at least this many cities (wait-after-minimum)
     round_timeout_s: float = 20.0  # a forming round waits this long for the cities still missing
     heartbeat_s: float = 1.0  # each city tells the coordinator it is alive this often
@@ -116,6 +120,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_val_windows: int = 0  # cap validation windows per city (0 = all), for quick runs
     max_city_restarts: int = 10  # local launcher: restarts of a failed city before the run gives up on it
+    final_model: Literal["best", "last"] = "best"  # final/model.pt: lowest pooled val RMSE, or the last
+    patience: int = 0  # early stopping (flat, torch_hierarchical): evaluations without improvement (0 = off)
+    min_delta: float = 0.0  # ug/m3 the pooled val RMSE must drop by to count as an improvement
+    init_from: str = ""  # RUN_DIR of a finished run: start from its final model (docs/model_quality.md)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crosscity.config import Config
+from crosscity.config import Config, load_config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
 from crosscity.federation import endpoints, tls
 from crosscity.federation import protocol as p
@@ -96,6 +96,8 @@ class Coordinator:
         self.stopping = False  # shutting the service down
         self.stopping_run = False  # the run stops: every participant of the next rounds is told to
         self._load()
+        if not (self.dir / STATE_FILE).is_file() and cfg.train.init_from:
+            self._carry_outer(Path(cfg.train.init_from))
 
     # ------------------------------------------------------------------ timing (docs/fault_tolerance.md)
 
@@ -661,6 +663,19 @@ class Coordinator:
         self.took_part = {int(c): {int(f): v for f, v in d.items()} for c, d in state["took_part"].items()}
         self.finals = {int(c): m for c, m in state["finals"].items()}
         self.event("restored", generation=self.state_generation, versions=self._versions())
+
+    def _carry_outer(self, source: Path) -> None:
+        """train.init_from: start from the outer momentum the run at `source` ended with, when it had the
+        same outer optimizer (the same algorithm; streaming: the same fragments). docs/model_quality.md"""
+        before = load_config(source / "config.yaml", ["train.init_from="]).wan
+        state = source / "coordinator" / STATE_FILE
+        same = before.algorithm == self.cfg.wan.algorithm and (
+            before.algorithm != "streaming" or before.fragments == self.cfg.wan.fragments
+        )
+        if same and state.is_file():
+            with np.load(source / "coordinator" / json.loads(state.read_text())["arrays"]) as npz:
+                self.outer.load_state_dict({k[6:]: npz[k] for k in npz.files if k.startswith("outer_")})
+        self.event("init_from", source=str(source), outer_state=bool(self.outer.buffers))
 
 
 def _stripe_of(numel: int, parts: int, k: int) -> tuple[int, int]:

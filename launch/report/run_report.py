@@ -407,6 +407,26 @@ def _section_validation(run: Run) -> str:
         text += "\n\nFinal, pooled over cities (summary.json): " + ", ".join(
             f"{k} {_fmt(v)}" for k, v in overall.items()
         )
+    text += _final_model_note(run.summary or {})
+    return text
+
+
+def _final_model_note(summary: dict[str, Any]) -> str:
+    """Which step's model final/model.pt holds, and the RMSE on hours new since the init_from run."""
+    chosen = summary.get("final_model")
+    if not isinstance(chosen, dict):
+        return ""
+    how = "lowest pooled validation RMSE" if chosen.get("selected_by") == "best" else "the last step"
+    text = f"\n\nfinal/model.pt: the model of step {chosen.get('step')} ({how}; training ran to step "
+    text += f"{chosen.get('last_step')}{', stopped early' if chosen.get('stopped_early') else ''})."
+    new = summary.get("new_hours")
+    if chosen.get("init_from") and isinstance(new, dict):
+        before, after = new["before"], new["after"]
+        text += (
+            f" Started from {chosen['init_from']}; on the test windows after its data "
+            f"({_fmt(after['n_windows'])} windows): RMSE {_fmt(before['rmse'])} before, "
+            f"{_fmt(after['rmse'])} after (persistence {_fmt(after['persistence_rmse'])})."
+        )
     return text
 
 

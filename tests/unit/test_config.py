@@ -82,3 +82,16 @@ def test_per_city_slurm_fields_take_dotted_overrides() -> None:
         load_config(overrides=["topology.cities=2", "slurm.per_city.1.memory=8G"])
     with pytest.raises(ConfigError, match=r"unknown city '5'"):
         load_config(overrides=["topology.cities=2", "slurm.per_city.5.mem=8G"])
+
+
+def test_init_from_needs_a_finished_run_with_the_same_model_shape(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no final/model.pt and config.yaml there"):
+        load_config(None, [f"train.init_from={tmp_path}"])
+    save_config(load_config(None, ["model.hidden=64"]), tmp_path / "config.yaml")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "model.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="that run has model.hidden=64, this one 128"):
+        load_config(None, [f"train.init_from={tmp_path}"])
+    assert load_config(None, [f"train.init_from={tmp_path}", "model.hidden=64"]).train.init_from == str(
+        tmp_path
+    )

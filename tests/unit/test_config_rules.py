@@ -130,6 +130,28 @@ ROWS = [
         ["wan.algorithm=torch_hierarchical", "security.insecure=true", "wan.torch_intra_every=3"],
         "wan.torch_intra_every=3: must divide wan.sync_every=20",
     ),
+    Row("value_ranges", ["optim.min_lr_ratio=1.5"], "optim.min_lr_ratio=1.5: allowed [0, 1]"),
+    Row("value_ranges", ["wan.prox_mu=-1"], "wan.prox_mu=-1.0: allowed >= 0"),
+    Row(
+        "fedprox_needs_global_model",
+        ["wan.algorithm=flat", "security.insecure=true", "wan.prox_mu=0.1"],
+        "wan.prox_mu=0.1 with wan.algorithm='flat': FedProx needs a global model held between rounds",
+    ),
+    Row(
+        "early_stopping_needs_validation",
+        ["train.patience=3", "train.eval_every=0"],
+        "train.patience=3 needs validation passes: set train.eval_every > 0",
+    ),
+    Row(
+        "early_stopping_needs_world",
+        ["train.patience=3"],
+        "train.patience=3 with wan.algorithm='diloco': early stopping pools every city's validation",
+    ),
+    Row(
+        "init_from_is_a_finished_run_of_this_shape",
+        ["train.init_from=/nonexistent/run"],
+        "train.init_from=/nonexistent/run: no final/model.pt and config.yaml there",
+    ),
     Row("min_cities_within_topology", ["wan.min_cities=5"], "wan.min_cities=5: allowed 1..topology.cities=4"),
     Row(
         "dead_city_found_before_round_gives_up",

@@ -229,6 +229,10 @@ class FederatedSync(InterCitySync):
         stop = self.run_stops or (city_votes > 0 and self.clock.is_round(step))
         return stop, stop
 
+    def global_params(self) -> torch.Tensor:
+        """The global model as of this city's last merged round of each fragment (`base`)."""
+        return torch.from_numpy(np.concatenate(self.base)).to(self._device())
+
     def holds_global_model(self) -> bool:
         return not self.final_local
 

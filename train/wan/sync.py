@@ -118,6 +118,12 @@ class InterCitySync(ABC):
     def take_city_votes(self, sums: list[float]) -> None:  # noqa: B027 - optional hook
         """The city-wide sums of `city_votes()`, before this step's after_step."""
 
+    def global_params(self) -> torch.Tensor:
+        """This city's copy of the global model at its last round, as one flat vector (read-only): what
+        FedProx keeps the inner steps close to (`wan.prox_mu`) and what validation scores. Here the
+        parameters themselves; the federated algorithms return the global model they merged last."""
+        return self._flat_params()
+
     def close(self) -> None:
         """Release what the sync holds (exchange threads, connections, the reducer) when the rank stops."""
         self.reducer.close()
