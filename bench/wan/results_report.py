@@ -17,7 +17,7 @@ import torch
 
 from crosscity.bench.wan.before_transport import before_text, side_by_side
 from crosscity.bench.wan.link_probe import LinkReport
-from crosscity.bench.wan.run_outcome import BenchRun
+from crosscity.bench.wan.run_outcome import PLAIN, BenchRun
 from crosscity.core.atomic_io import atomic_write_text
 
 
@@ -63,13 +63,47 @@ def codec_check(runs: list[BenchRun]) -> str:
     lines = []
     for method, o in by.items():
         algo = method.split("+")[0]
-        if "+" not in method or algo not in by:
+        if "+" not in method or algo not in by or method.endswith(PLAIN):
             continue
         ratio = by[algo].wan_bytes / max(o.wan_bytes, 1)
         lines.append(
             f"- [{'x' if ratio > 1.05 else ' '}] {method} sends {ratio:.2f}x fewer WAN bytes than {algo}"
         )
     return "\n".join(lines) or "(no codec runs)"
+
+
+def tls_check(runs: list[BenchRun]) -> str:
+    """Each `M` against `M+plain` of the same bench run: what mutual TLS costs in time, compute
+    utilisation and bytes on the wire (issue 13: within 3%)."""
+    by = {r.method: r.outcome for r in runs}
+    target = by["flat"].final_rmse if "flat" in by else None
+    rows = [
+        "| method | time to target TLS / plain (s) | compute util TLS / plain | wire bytes TLS / plain (MB) "
+        "| TLS byte overhead |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines = []
+    for plain, p in by.items():
+        method = plain.removesuffix(PLAIN)
+        if not plain.endswith(PLAIN) or method not in by:
+            continue
+        o = by[method]
+        t, tp = (o.time_to(target), p.time_to(target)) if target is not None else (None, None)
+        wire = f"{mb(o.wire_bytes)} / {mb(p.wire_bytes)}"
+        overhead = (
+            f"{100 * (o.wire_bytes / p.wire_bytes - 1):+.2f}%" if o.wire_bytes and p.wire_bytes else "-"
+        )
+        rows.append(
+            f"| {method} | {_secs(t)} / {_secs(tp)} "
+            f"| {100 * o.compute_util:.1f}% / {100 * p.compute_util:.1f}% | {wire} | {overhead} |"
+        )
+        util_ok = abs(o.compute_util - p.compute_util) <= 0.03 * p.compute_util
+        lines.append(f"- [{'x' if util_ok else ' '}] {method}: compute utilisation with TLS within 3%")
+        if t is not None and tp is not None:
+            lines.append(f"- [{'x' if t <= 1.03 * tp else ' '}] {method}: time to target with TLS within 3%")
+    if not lines:
+        return "(no `+plain` runs)"
+    return "\n".join([*rows, "", *lines])
 
 
 def acceptance(runs: list[BenchRun]) -> str:
@@ -219,6 +253,7 @@ def write_results(
     if any(r.method == "flat" for r in main_runs):
         parts += [main_table(main_runs), "", "## Acceptance (issue 4)", "", acceptance(main_runs), ""]
         parts += ["## Codecs against the same algorithm uncompressed", "", codec_check(main_runs), ""]
+        parts += ["## Mutual TLS against plaintext (issue 13)", "", tls_check(main_runs), ""]
     else:
         parts += ["flat DDP did not finish: no target, no comparison.", ""]
     if len(args.sweep) > 1:

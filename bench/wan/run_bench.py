@@ -47,6 +47,14 @@ METHODS: dict[str, list[str]] = {
     "diloco+int4+ef": ["wan.algorithm=diloco", "wan.codec=int4", "wan.error_feedback=true"],
     "streaming+int8": ["wan.algorithm=streaming", "wan.codec=int8"],
     "streaming+int4+ef": ["wan.algorithm=streaming", "wan.codec=int4", "wan.error_feedback=true"],
+    # the same without TLS (plaintext frames): what mutual TLS costs, in the same bench run
+    "diloco+int8+plain": ["wan.algorithm=diloco", "wan.codec=int8", "security.insecure=true"],
+    "streaming+int4+ef+plain": [
+        "wan.algorithm=streaming",
+        "wan.codec=int4",
+        "wan.error_feedback=true",
+        "security.insecure=true",
+    ],
 }
 SWEEP_METHODS = ["flat", "torch_hierarchical", "diloco+int8", "streaming+int8"]
 

@@ -151,6 +151,9 @@ def read_outcome(run_dir: Path) -> RunOutcome:
     )
 
 
+PLAIN = "+plain"  # a bench method name ending in it: that method with security.insecure=true
+
+
 @dataclass
 class BenchRun:
     method: str

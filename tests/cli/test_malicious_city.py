@@ -29,6 +29,10 @@ COMMON = [
     "train.steps=600",
     *QUICK,
     "model.hidden=128",  # a model that learns, scored on every validation window: a stable comparison
+    "model.dropout=0",
+    "optim.schedule=constant",
+    "optim.warmup_steps=0",
+    "train.final_model=last",
     "train.max_val_windows=0",
 ]
 
