@@ -33,7 +33,7 @@ from crosscity.federation.codecs import ErrorFeedback, check_input, make_codec
 from crosscity.federation.layout import Layout
 from crosscity.federation.membership import Membership
 from crosscity.federation.outer import make_outer
-from crosscity.federation.rounds import CLOSED, COMMITTED, SKIPPED, Round, Upload
+from crosscity.federation.rounds import CLOSED, COMMITTED, FORMING, SKIPPED, Round, Upload
 from crosscity.federation.transport import Connection, ConnectionLost
 from crosscity.federation.wire import Message, WireError, expect_arrays
 
@@ -392,6 +392,8 @@ class Coordinator:
     def _advance(self, rnd: Round) -> None:
         if rnd.resolved:
             return
+        if rnd.status == FORMING and self._deadlocked():
+            rnd.deadline = min(rnd.deadline, self.clock())  # stop waiting for cities blocked elsewhere
         ready = rnd.advance(
             self.clock(), self.members.live(self.clock()), self.min_cities, self.stripes, self.transfer_s
         )
@@ -401,6 +403,17 @@ class Coordinator:
             if rnd.status == SKIPPED:
                 self.event("round_skipped", fragment=rnd.fragment, round=rnd.id, reason=rnd.reason)
             self.cond.notify_all()
+
+    def _deadlocked(self) -> bool:
+        """Every live city waits in a forming round, and they are not all in the same one: after a
+        city missed a round, two fragments' rounds can each wait for the cities blocked in the other
+        (a convoy of round_timeout_s per round). Never the case without faults: a city behind the
+        others has not uploaded to a round the others skipped, so it is not waiting anywhere."""
+        forming = [r for r in self.forming.values() if r.status == FORMING]
+        if len(forming) < 2:
+            return False
+        live = set(self.members.live(self.clock()))
+        return bool(live) and live <= {c for r in forming for c in r.uploads}
 
     def _commit(self, rnd: Round) -> None:
         assert self.layout is not None

@@ -24,10 +24,12 @@ from tests.helpers.runs import (
 
 
 def test_hierarchical_h1_equals_flat_data_parallel(small_dataset: Path, tmp_path: Path) -> None:
-    """4 cities x 2 ranks, H=1, plain SGD: averaging every step == one flat all-reduce over 8 ranks."""
+    """2 cities x 2 ranks, H=1, plain SGD: averaging every step == one flat all-reduce over 4 ranks."""
     # no learning-rate warm-up: in 6 steps it would keep the steps too small to tell H=3 from flat
     common = [
         f"data.dir={small_dataset}",
+        "data.cities=north,east",
+        "topology.cities=2",
         "optim.name=sgd",
         "optim.lr=0.05",
         "optim.warmup_steps=0",
@@ -105,7 +107,7 @@ def test_a_failed_rank_stops_a_world_spanning_baseline(small_dataset: Path, tmp_
     assert rank_pids(run_dir) == {}, "orphaned rank processes remain"
 
 
-@pytest.mark.parametrize("algorithm", ["diloco", "streaming"])
+@pytest.mark.parametrize("algorithm", ["diloco"])  # streaming: tests/dist/test_wan_streaming.py (resume)
 def test_a_stopped_run_resumes_on_the_same_trajectory(
     small_dataset: Path, tmp_path: Path, algorithm: str
 ) -> None:
