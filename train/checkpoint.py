@@ -9,6 +9,7 @@ tuples and dicts: the numpy RNG state goes in as plain values, not as numpy obje
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import random
 from pathlib import Path
@@ -45,10 +46,19 @@ def checkpoint_path(run_dir: Path, city: int, local_rank: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"city{city}" / f"rank{local_rank}.pt"
 
 
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint before `path`'s latest is kept."""
+    return Path(path).with_suffix(".prev.pt")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Serialise fully in memory first, then write atomically: a kill mid-save keeps the old file."""
+    """Serialise fully in memory first, then write atomically: a kill mid-save keeps the old file.
+    The one before is kept too: a city killed while saving can leave one rank a checkpoint ahead of
+    the others, and they resume together from the newest step all of them have (trainer._resume)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    if Path(path).is_file():
+        os.replace(path, previous_path(path))
     atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
 
 

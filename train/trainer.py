@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from crosscity.train.best_model import BestModel
 from crosscity.train.checkpoint import (
     checkpoint_path,
     load_checkpoint,
+    previous_path,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -190,7 +192,7 @@ class Trainer:
         return checkpoint_path(self.run_dir, self.topo.city, self.topo.local_rank)
 
     def _resume(self) -> bool:
-        state = load_checkpoint(self._ckpt_path())
+        state = self._city_checkpoint()
         if state is None:
             return False
         self.model.load_state_dict(state["model"])
@@ -207,6 +209,22 @@ class Trainer:
             "event", event="resume", message=f"resumed from its checkpoint at step {self.state.step}"
         )
         return True
+
+    def _city_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint every rank of the city has (None: some rank has none, all start
+        fresh): a kill during a save can leave one rank's latest a checkpoint ahead of the others'."""
+        path = self._ckpt_path()
+        saved = [s for s in (load_checkpoint(path), load_checkpoint(previous_path(path))) if s is not None]
+        agreed = torch.tensor([max((s["rank"]["step"] for s in saved), default=-1)], device=self.device)
+        if self.topo.ranks_per_city > 1:
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self.groups.city)
+        step = int(agreed.item())
+        if step < 0:
+            return None
+        match = [s for s in saved if s["rank"]["step"] == step]
+        if not match:
+            raise RuntimeError(f"{path}: no checkpoint of step {step}, the newest every rank of the city has")
+        return match[0]
 
     def save(self) -> None:
         save_checkpoint(
@@ -252,6 +270,7 @@ class Trainer:
         t5 = time.perf_counter()
         if wan_round is not None:
             self._log_round(wan_round)
+        self._skip_ahead()
         m = {
             "loss": float(loss.detach()),
             "votes": votes,
@@ -264,6 +283,25 @@ class Trainer:
         }
         m[f"t_{self.sync.gradient_link}"] += t3 - t2  # the gradient sum: LAN, or WAN for flat
         return m
+
+    def _skip_ahead(self) -> None:
+        """wan.catch_up: the city healed from the global model far behind the others; it takes up their
+        step, learning-rate schedule included (train/wan/federated.py). Samples count what it trained."""
+        target = min(self.sync.take_skip_to() or 0, self.cfg.train.steps)
+        if target <= self.state.step:
+            return
+        self.log.write(
+            "event",
+            event="catch_up",
+            message=f"skipped from step {self.state.step} to the other cities' {target}",
+            skipped=target - self.state.step,
+            to_step=target,
+        )
+        self.state.step = self.log.step = target
+        self.schedule.last_epoch = target - 1
+        with warnings.catch_warnings():  # "step() before optimizer.step()": right after a restart
+            warnings.simplefilter("ignore", UserWarning)
+            self.schedule.step()
 
     def _log_round(self, r: WanRound) -> None:
         self.log.write(
@@ -319,6 +357,7 @@ class Trainer:
         # Every city starts its step clock together (a city still loading would otherwise make the
         # others wait at their first round): the coordinator's start, or the world's barrier.
         self.sync.join(fresh=not self.resumed, step=self.state.step)
+        self._skip_ahead()
         if self.world_store is not None:
             dist.barrier(group=self.groups.world)
         t_start, last_log = time.perf_counter(), time.perf_counter()

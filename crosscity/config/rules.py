@@ -87,6 +87,7 @@ TYPE_ONLY = (
     "wan.codec",
     "wan.merge",
     "wan.aggregate",
+    "wan.catch_up",
     "train.requeue_signal",
     "train.device",
     "train.final_model",

@@ -81,6 +81,7 @@ class WanConfig:
     round_timeout_s: float = 20.0  # a forming round waits this long for the cities still missing
     heartbeat_s: float = 1.0  # each city tells the coordinator it is alive this often
     dead_after_s: float = 5.0  # ... and is not waited for once silent this long (< round_timeout_s)
+    catch_up: bool = True  # a city over 3 rounds behind the others (restarted, frozen) heals and skips ahead
     start_timeout_s: float = 300.0  # the first round waits this long for every city to register
     min_rate_mbit: float = 10.0  # slowest city link to tolerate: sets how long a round's uploads may take
     aggregate: Literal["mean", "trimmed_mean", "median"] = (

@@ -112,6 +112,12 @@ class Link:
         self.conn = conn
         return conn
 
+    def abort(self) -> None:
+        """From another thread: break the call in flight (it fails at once with Unreachable)."""
+        conn = self.conn
+        if conn is not None:
+            conn.close()
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -145,6 +151,7 @@ class CityAgent:
         self.status = CityStatus()
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.registered = threading.Event()
+        self.down_since: float | None = None  # monotonic time of the first failed heartbeat of an outage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -181,19 +188,23 @@ class CityAgent:
         self._thread = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         self._thread.start()
 
+    def unreachable_s(self) -> float:
+        """How long the heartbeats have been failing (0 while they get through)."""
+        since = self.down_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _heartbeats(self) -> None:
-        down_since: float | None = None
         while not self._stop.wait(self.heartbeat_s):
             msg = Message(p.HEARTBEAT, {"step": self.status.step, "state": self.status.state})
             try:
                 self.beat.call(msg, max(2 * self.heartbeat_s, 1.0))
-                if down_since is not None:
-                    gone = time.monotonic() - down_since
+                if self.down_since is not None:
+                    gone = time.monotonic() - self.down_since
                     self.log(f"[city {self.beat.city}] coordinator back after {gone:.1f} s")
-                down_since = None
+                self.down_since = None
             except Unreachable:
-                if down_since is None:
-                    down_since = time.monotonic()
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
                     self.log(f"[city {self.beat.city}] coordinator unreachable; training on locally")
             except Refused:  # a restarted coordinator without this city, or one that let it go: rejoin
                 try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -316,7 +317,7 @@ class Coordinator:
                 self.started = True
                 self.event("start", cities=sorted(self.registered_here))
                 self._save()
-            return Message(p.START, {"versions": self._versions()})
+            return Message(p.START, {"versions": self._versions(), "fleet_step": self._fleet_step(city)})
 
     def _gate_open(self) -> bool:
         if not self.globals:
@@ -535,8 +536,24 @@ class Coordinator:
             "committed_attempt": self.committed_attempt.get(city, {}).get(rnd.fragment, -1),
             "stop": self.stopping_run and status == p.COMMITTED,
             "reason": reason,
+            "fleet_step": self._fleet_step(city),
         }
         return Message(p.ROUND, fields, arrays or [])
+
+    def _fleet_step(self, city: int) -> int:
+        """Where the other cities are: the (lower) median of their steps, live ones by heartbeat,
+        finished ones at the end (-1: nobody else). What a city that fell behind catches up to
+        (wan.catch_up); the median, so one city that ran ahead (its link was cut: no rounds to wait
+        for) does not make the others look behind."""
+        now, steps = self.clock(), []
+        for c, r in self.members.cities.items():
+            if c == city:
+                continue
+            if r.state == "finished":
+                steps.append(self.cfg.train.steps)
+            elif self.members.is_live(c, now):
+                steps.append(r.step)
+        return statistics.median_low(steps) if steps else -1
 
     def _fetch(self, city: int, rank: int, msg: Message) -> Message:
         fragment, stripe = msg.fields["fragment"], msg.fields["stripe"]

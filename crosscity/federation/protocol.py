@@ -44,7 +44,9 @@ LEAVE = message_kind("leave", reason=str)
 WELCOME = message_kind("welcome", epoch=int)
 REGISTERED = message_kind("registered", epoch=int, versions=list, need_initial=bool)
 OK = message_kind("ok")
-START = message_kind("start", versions=list)
+START = message_kind("start", versions=list, fleet_step=int)
+# fleet_step: the median step of the other cities (training or finished; -1: none): a city far
+# behind it (restarted, frozen) heals and skips ahead (wan.catch_up, docs/fault_tolerance.md).
 ROUND = message_kind(
     "round",
     status=str,  # one of ROUND_STATUSES
@@ -55,6 +57,7 @@ ROUND = message_kind(
     committed_attempt=int,  # this city's last upload of the fragment that took effect (-1: none)
     stop=bool,  # the run is being stopped: checkpoint right after merging this round (exact resume)
     reason=str,
+    fleet_step=int,  # as in `start`
 )
 GLOBAL = message_kind("global", version=int, committed_attempt=int)  # + [float32 stripe]
 ERROR = message_kind("error", reason=str)

@@ -19,11 +19,20 @@ holds the result, learned from a "landed" vote that rides in the gradient all-re
 A round that did not take (missed, skipped, coordinator unreachable) changes nothing: the steps
 trained meanwhile count towards the next round this city takes part in, and the error-feedback
 residual stays as it was. A reply lost after the coordinator committed is resolved before the next
-upload (`fetch` tells whether that attempt took effect), so an update counts exactly once.
+upload (`fetch` tells whether that attempt took effect), so an update counts exactly once. A city
+cut off from the coordinator stops waiting for its replies once its heartbeats have failed for
+`wan.dead_after_s` (the others have stopped waiting for it by then) and trains on.
+
+Catching up (`wan.catch_up`): every reply says how far the other cities are (`fleet_step`). A city
+more than three rounds behind them - restarted from its checkpoint, or frozen - takes the latest
+global model and skips ahead to their step (its learning-rate schedule with it): its own unsent
+steps are dropped, the run ends with every city at about the same time, and no city trains the last
+rounds alone on its own data. Never the case without faults (the rounds keep cities within one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +56,8 @@ from crosscity.federation.wire import Message
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.wan.clock import RoundClock
 from crosscity.train.wan.sync import InterCitySync, WanRound
+
+POLL_S = 0.25  # how often a rank waiting for a round's reply checks on the rest of its city
 
 
 @dataclass
@@ -97,6 +108,8 @@ class FederatedSync(InterCitySync):
         self.heal_bytes = 0
         self.final_local = False  # ended on its own model: the coordinator was away at the end
         self.run_stops = False  # the coordinator said so in a round's reply
+        self.fleet_step = -1  # how far the other cities are, from the last replies (agreed in the city)
+        self.skip_to: int | None = None  # catch-up: where the trainer's step jumps (take_skip_to)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-exchange")
 
     @classmethod
@@ -118,7 +131,7 @@ class FederatedSync(InterCitySync):
         """Register (rank 0), hand the coordinator the initial model if it has none, wait for the
         start, and heal from the global model when this city's copy is not the current one."""
         rank0 = self.topo.local_rank == 0
-        info = torch.zeros(2 + self.layout.fragments, dtype=torch.int64)
+        info = torch.zeros(3 + self.layout.fragments, dtype=torch.int64)
         mine = self._effective_versions()
         if rank0:
             assert self.agent is not None
@@ -135,14 +148,17 @@ class FederatedSync(InterCitySync):
         if rank0:
             assert self.agent is not None
             start = self.agent.wait_start(self.cfg.start_timeout_s + 60)
-            info[1:] = torch.tensor([1, *start.fields["versions"]])
+            info[1:] = torch.tensor([1, start.fields["fleet_step"], *start.fields["versions"]])
             self.agent.start_heartbeats()
         self._city_broadcast(info)
-        current = [int(v) for v in info[2:]]
+        current = [int(v) for v in info[3:]]
         if current != mine and not self.heal(list(range(self.layout.fragments)), self.cfg.start_timeout_s):
             raise RuntimeError(
                 f"city {self.topo.city}: the coordinator has the global model but did not send it"
             )
+        self.fleet_step = int(info[2])
+        if self._behind(step):
+            self.skip_to = self.fleet_step  # healed above (or the global has not moved since)
 
     def _effective_versions(self) -> list[int]:
         """The versions this city will hold once the committed results it checkpointed are merged."""
@@ -191,6 +207,13 @@ class FederatedSync(InterCitySync):
         merged = None
         for f in self._mergeable(step):
             merged = self._merge(f, step)
+        if self._behind(step):
+            fleet, self.fleet_step = self.fleet_step, -1  # acted on once; later replies tell again
+            if any(not job.result.done() for job in self.in_flight.values()):
+                self.link.abort()  # superseded by the global model about to be fetched
+            if self.heal(list(range(self.layout.fragments)), self.cfg.dead_after_s):
+                self.skip_to = fleet
+                return merged  # the trainer skips ahead: the rounds due here belong to the old step
         for f in self.clock.fragments_due(step):
             if f in self.uncertain and not self._resolve(f):
                 continue  # still cannot tell whether the last upload counted: do not send another
@@ -198,6 +221,15 @@ class FederatedSync(InterCitySync):
             if self.tau == 0:
                 merged = self._merge(f, step)
         return merged
+
+    def _behind(self, step: int) -> bool:
+        """More than three rounds behind the other cities (same answer on every rank of the city)."""
+        slack = max(3 * self.cfg.sync_every + self.tau, 20)
+        return self.cfg.catch_up and self.fleet_step - step > slack
+
+    def take_skip_to(self) -> int | None:
+        target, self.skip_to = self.skip_to, None
+        return target
 
     def finish(self) -> WanRound | None:
         """Land what is in flight, one synchronous round of every fragment that trained since, and
@@ -325,14 +357,17 @@ class FederatedSync(InterCitySync):
     def _merge(self, f: int, step: int | None) -> WanRound:
         job = self.in_flight.pop(f)
         waited = time.perf_counter()
-        out = job.result.result()
+        out = self._wait(job)
         blocked = time.perf_counter() - waited
         self.blocked_s += blocked
         reply = out.reply
         committed = reply is not None and reply.fields["status"] == p.COMMITTED
         answered = reply is not None
-        votes = self._city_sum([float(committed), float(answered)])
+        fleet = reply.fields.get("fleet_step", -1) if reply is not None else -1
+        votes = self._city_sum([float(committed), float(answered), float(fleet)])
         ranks = self.topo.ranks_per_city
+        if votes[1] == ranks:  # every rank heard how far the others are: the city agrees on the mean
+            self.fleet_step = int(votes[2] // ranks)
         extra: dict[str, Any] = {"blocked_s": blocked, "blocked_total_s": self.blocked_s}
         if step is not None:
             extra["merged_after_steps"] = step - job.start_step
@@ -354,6 +389,23 @@ class FederatedSync(InterCitySync):
         round_id = reply.fields["round"] if reply is not None else -1
         extra.update(coordinator_round=round_id, version=self.version[f], overlap_steps=self.tau)
         return WanRound(self.rounds, out.sent, out.recv, out.seconds, participants, fragment=f, extra=extra)
+
+    def _wait(self, job: InFlight) -> Outcome:
+        """This rank's reply, once every rank of the city holds its own - or sooner, when the city's
+        heartbeats have failed for longer than wan.dead_after_s: the coordinator has stopped waiting
+        for this city by then, so its calls are broken off (the round turns uncertain, resolved
+        later) and the city trains on instead of sitting out the reply deadline (a cut link)."""
+        ranks = self.topo.ranks_per_city
+        while True:
+            with contextlib.suppress(TimeoutError):
+                job.result.result(timeout=POLL_S)
+            cut_off = self.agent is not None and self.agent.unreachable_s() > self.cfg.dead_after_s
+            done, cut = self._city_sum([float(job.result.done()), float(cut_off)])
+            if done == ranks:
+                return job.result.result()
+            if cut > 0:
+                self.link.abort()
+                return job.result.result()
 
     def _stripe_result(self, f: int, reply: Message) -> np.ndarray:
         """This rank's stripe of the new global fragment from a committed reply."""

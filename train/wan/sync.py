@@ -97,6 +97,10 @@ class InterCitySync(ABC):
     def join(self, fresh: bool, step: int) -> None:  # noqa: B027 - only the federated algorithms join
         """Before the first step: take part in the run (register, heal from the global model)."""
 
+    def take_skip_to(self) -> int | None:
+        """A step this city should jump ahead to, once (catching up with the others after an outage)."""
+        return None
+
     def finish(self) -> WanRound | None:
         """End of training: the final round, so every city ends with the same parameters."""
         return None
