@@ -13,7 +13,13 @@ from torch import nn
 
 from crosscity.config import ModelConfig
 from crosscity.core.forecast_scores import pool_metrics
-from crosscity.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from crosscity.train.checkpoint import (
+    load_checkpoint,
+    previous_path,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from crosscity.train.data.batches import BatchStream
 from crosscity.train.data.windows import CityWindows
 from crosscity.train.evaluate import score
@@ -141,6 +147,16 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left behind
     assert load_checkpoint(tmp_path / "absent.pt") is None
+
+
+def test_a_checkpoint_keeps_the_one_before(tmp_path: Path) -> None:
+    """A city killed mid-save can leave one rank a checkpoint ahead: the one before is still there."""
+    path = tmp_path / "rank0.pt"
+    for step in (10, 20, 30):
+        save_checkpoint(path, {"step": step})
+    assert load_checkpoint(path) == {"step": 30}
+    assert load_checkpoint(previous_path(path)) == {"step": 20}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.prev.pt", "rank0.pt"]
 
 
 def draws() -> tuple:
