@@ -66,9 +66,12 @@ class Link:
         self.bytes_sent = self.bytes_recv = 0  # over every connection this link opened
         self._lock = threading.Lock()  # one request in flight per link
 
-    def call(self, msg: Message, timeout_s: float) -> Message:
-        """Send `msg`, return the reply; Unreachable on any transport failure, Refused on `error`."""
-        with self._lock:
+    def call(self, msg: Message, timeout_s: float, wait: bool = True) -> Message:
+        """Send `msg`, return the reply; Unreachable on any transport failure, Refused on `error`.
+        wait=False: Unreachable at once while another call is in flight on this link."""
+        if not self._lock.acquire(blocking=wait):
+            raise Unreachable(f"{msg.kind}: another call is in flight on this link")
+        try:
             conn = self._connected()
             before = (conn.bytes_sent, conn.bytes_recv)
             try:
@@ -81,6 +84,8 @@ class Link:
             finally:
                 self.bytes_sent += conn.bytes_sent - before[0]
                 self.bytes_recv += conn.bytes_recv - before[1]
+        finally:
+            self._lock.release()
         if reply.kind == p.ERROR:
             raise Refused(reply.fields["reason"])
         return reply

@@ -541,18 +541,12 @@ class Coordinator:
         return Message(p.ROUND, fields, arrays or [])
 
     def _fleet_step(self, city: int) -> int:
-        """Where the other cities are: the (lower) median of their steps, live ones by heartbeat,
-        finished ones at the end (-1: nobody else). What a city that fell behind catches up to
-        (wan.catch_up); the median, so one city that ran ahead (its link was cut: no rounds to wait
-        for) does not make the others look behind."""
-        now, steps = self.clock(), []
-        for c, r in self.members.cities.items():
-            if c == city:
-                continue
-            if r.state == "finished":
-                steps.append(self.cfg.train.steps)
-            elif self.members.is_live(c, now):
-                steps.append(r.step)
+        """Where the other live cities are: the (lower) median of their heartbeat steps (-1: none).
+        What a city that fell behind catches up to (wan.catch_up); the median, so one city that ran
+        ahead (its link was cut: no rounds to wait for) does not make the others look behind. A city
+        back after every other one finished has nobody to catch up with: it trains its steps."""
+        now = self.clock()
+        steps = [r.step for c, r in self.members.cities.items() if c != city and self.members.is_live(c, now)]
         return statistics.median_low(steps) if steps else -1
 
     def _fetch(self, city: int, rank: int, msg: Message) -> Message:

@@ -45,7 +45,7 @@ WELCOME = message_kind("welcome", epoch=int)
 REGISTERED = message_kind("registered", epoch=int, versions=list, need_initial=bool)
 OK = message_kind("ok")
 START = message_kind("start", versions=list, fleet_step=int)
-# fleet_step: the median step of the other cities (training or finished; -1: none): a city far
+# fleet_step: the median step of the other live cities (-1: none): a city far
 # behind it (restarted, frozen) heals and skips ahead (wan.catch_up, docs/fault_tolerance.md).
 ROUND = message_kind(
     "round",

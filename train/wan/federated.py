@@ -456,12 +456,15 @@ class FederatedSync(InterCitySync):
 
     def _fetch(self, f: int, patience_s: float) -> tuple[np.ndarray, int, int] | None:
         """The whole global fragment (each rank fetches its stripe, the city gathers them), its version
-        and this city's last upload that took effect; None if the coordinator cannot be reached."""
+        and this city's last upload that took effect; None if the coordinator cannot be reached. With
+        no patience (resolving a lost reply between steps) it does not queue behind another
+        fragment's exchange on the link: behind a cut link that one can take its whole deadline."""
         k = self.topo.local_rank
         deadline, before = time.monotonic() + patience_s, self.link.bytes_sent + self.link.bytes_recv
         while True:
             try:
-                reply = self.link.call(Message(p.FETCH, {"fragment": f, "stripe": k}), 30.0)
+                msg = Message(p.FETCH, {"fragment": f, "stripe": k})
+                reply = self.link.call(msg, 30.0, wait=patience_s > 0)
                 break
             except (Unreachable, Refused):
                 if time.monotonic() >= deadline:
@@ -555,7 +558,10 @@ class FederatedSync(InterCitySync):
     # ------------------------------------------------------------------ checkpoints (weights_only-safe)
 
     def state_dict(self) -> dict[str, Any]:
-        """Waits for exchanges in flight, so a resume merges them exactly when it would have."""
+        """Waits for exchanges in flight, so a resume merges them exactly when it would have (as a
+        merge waits: not past the city's heartbeats failing for dead_after_s)."""
+        for f in sorted(self.in_flight):
+            self._wait(self.in_flight[f])
         pending = {}
         for f, job in {**self.in_flight, **self.uncertain}.items():
             out = job.result.result()
