@@ -239,10 +239,10 @@ class Trainer:
         objective.backward()
         t2 = time.perf_counter()
         (votes,) = self.sync.sum_gradients([float(self.stop.raised)])
+        t3 = time.perf_counter()
         correction = self.sync.gradient_correction()
         if correction is not None:
             add_to_gradients(self.model, correction)
-        t3 = time.perf_counter()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
