@@ -45,3 +45,12 @@ def proximal_term(model: nn.Module, reference: torch.Tensor, mu: float) -> torch
     global model of its last round; its gradient is mu (w - w_round)."""
     drift = parameters_to_vector(model.parameters()) - reference
     return 0.5 * mu * drift.pow(2).sum()
+
+
+def add_to_gradients(model: nn.Module, flat: torch.Tensor) -> None:
+    """grad += the matching slice of `flat` (the parameters in parameters_to_vector's order)."""
+    at = 0
+    for param in model.parameters():
+        n = param.numel()
+        param.grad.add_(flat[at : at + n].view_as(param))
+        at += n

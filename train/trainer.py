@@ -68,7 +68,7 @@ from crosscity.train.models import build_model
 from crosscity.train.observe.metrics_log import MetricsLog
 from crosscity.train.observe.straggler import StragglerDetector
 from crosscity.train.observe.telemetry import start_telemetry
-from crosscity.train.optim import build_optimizer, build_schedule, proximal_term
+from crosscity.train.optim import add_to_gradients, build_optimizer, build_schedule, proximal_term
 from crosscity.train.run_summary import write_candidate, write_city_result
 from crosscity.train.wan.registry import SYNCS, build_sync
 from crosscity.train.wan.sync import InterCitySync, WanRound
@@ -258,6 +258,9 @@ class Trainer:
         t2 = time.perf_counter()
         (votes,) = self.sync.sum_gradients([float(self.stop.raised)])
         t3 = time.perf_counter()
+        correction = self.sync.gradient_correction()
+        if correction is not None:
+            add_to_gradients(self.model, correction)
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()

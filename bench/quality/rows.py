@@ -5,7 +5,7 @@
 - per-city: each city alone with its own ranks (same per-rank batch and steps): what a city gets
   without cooperating;
 - federated rows: the cities together, one row per method; a row is nothing but config overrides,
-  so methods that land later (SCAFFOLD, FedAdam, ...) join with `--row NAME KEY=VALUE ...`.
+  so a variant (another outer_lr, ...) joins with `--row NAME KEY=VALUE ...`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ from typing import Literal
 # FedProx's mu: 0.01 was the best of 0, 0.01, 0.1, 1 in a 900-step probe on the hard split
 # (docs/model_quality.md); the hard split also runs 10x that.
 PROX_MU = (0.01, 0.1)
+# FedAdam: diloco+int8+ef with the adaptive outer step instead of Nesterov; its outer_lr is a step per
+# coordinate and round, tau the default 1e-3. 0.03 was the best of 0.01, 0.03, 0.1 (which diverged) in
+# a 600-step probe on the hard split; FedYogi was within 0.1 ug/m3 of FedAdam there, so it has no row
+# (docs/model_quality.md).
+ADAPTIVE_LR = 0.03
+DILOCO_INT8 = ("wan.algorithm=diloco", "wan.codec=int8", "wan.error_feedback=true")
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ PER_CITY = Row("per-city", "per_city", ("wan.algorithm=flat", "security.insecure
 # instead of its when_ready keeps streaming deterministic.
 FEDERATED = {
     "average": ("wan.algorithm=average",),
-    "diloco+int8+ef": ("wan.algorithm=diloco", "wan.codec=int8", "wan.error_feedback=true"),
+    "diloco+int8+ef": DILOCO_INT8,
     "streaming+int4+ef": (
         "wan.algorithm=streaming",
         "wan.codec=int4",
@@ -41,20 +47,25 @@ FEDERATED = {
         "wan.merge=fixed",
     ),
     **{f"fedprox-{mu}": ("wan.algorithm=average", f"wan.prox_mu={mu}") for mu in PROX_MU},
+    # SCAFFOLD's control variates on the demo's diloco+int8+ef: c and delta c_i travel int8 too
+    "scaffold": (*DILOCO_INT8, "wan.scaffold=true"),
+    "fedadam": (*DILOCO_INT8, "wan.outer_optimizer=adam", f"wan.outer_lr={ADAPTIVE_LR}"),
 }
+STRATEGIES = ("scaffold", "fedadam")  # issue 15's non-IID strategies, on both splits
 ROWS = {
     "standard": [
         POOLED,
         PER_CITY,
         *(Row(n, "federated", FEDERATED[n]) for n in ("average", "diloco+int8+ef", "streaming+int4+ef")),
         Row("fedprox-0.01", "federated", FEDERATED["fedprox-0.01"]),
+        *(Row(n, "federated", FEDERATED[n]) for n in STRATEGIES),
     ],
     "hard": [
         POOLED,
         PER_CITY,
         *(
             Row(n, "federated", FEDERATED[n])
-            for n in ("average", "diloco+int8+ef", "fedprox-0.01", "fedprox-0.1")
+            for n in ("average", "diloco+int8+ef", "fedprox-0.01", "fedprox-0.1", *STRATEGIES)
         ),
     ],
     "quick": [POOLED, PER_CITY, *(Row(n, "federated", FEDERATED[n]) for n in ("average", "fedprox-0.01"))],
@@ -67,6 +78,7 @@ def extra_row(spec: list[str]) -> Row:
     bad = [o for o in overrides if "=" not in o]
     if not overrides or bad:
         raise ValueError(
-            f"--row {' '.join(spec)}: expected NAME KEY=VALUE ..., e.g. --row fedadam wan.algorithm=fedadam"
+            f"--row {' '.join(spec)}: expected NAME KEY=VALUE ..., e.g. --row fedadam-0.03 "
+            "wan.algorithm=diloco wan.outer_optimizer=adam wan.outer_lr=0.03"
         )
     return Row(name, "federated", tuple(overrides))

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(__doc__ or "").split("\n\n")[1].replace("\n", " "),
         epilog="examples:\n  nice -n 10 crosscity bench quality      # the full benchmark (2-3 h, 2 cores)\n"
         "  crosscity bench quality --quick         # smoke check, < 1 min\n"
-        "  crosscity bench quality --row fedadam wan.algorithm=fedadam wan.outer_lr=0.01",
+        "  crosscity bench quality --row fedadam-0.03 wan.algorithm=diloco wan.outer_optimizer=adam "
+        "wan.outer_lr=0.03",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="tiny data, steps and rows, 1 seed: a smoke check")

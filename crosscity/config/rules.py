@@ -148,6 +148,9 @@ BOUNDS = {
     "wan.sync_every": AT_LEAST_1,
     "wan.outer_lr": Bound(0, 10, low_open=True),
     "wan.outer_momentum": FRACTION,
+    "wan.outer_beta1": FRACTION,
+    "wan.outer_beta2": FRACTION,
+    "wan.outer_eps": POSITIVE,
     "wan.fragments": AT_LEAST_1,
     "wan.overlap_steps": AT_LEAST_0,
     "wan.warmup_steps": AT_LEAST_0,
@@ -378,6 +381,28 @@ def _fedprox(cfg: Config) -> str | None:
         return (
             f"wan.prox_mu={cfg.wan.prox_mu} with wan.algorithm={cfg.wan.algorithm!r}: FedProx needs "
             "a global model held between rounds: average, diloco or streaming"
+        )
+    return None
+
+
+@rule("adaptive_outer_needs_outer_step", "wan.outer_optimizer", "wan.algorithm")
+def _adaptive_outer(cfg: Config) -> str | None:
+    w = cfg.wan
+    if w.outer_optimizer != "sgd" and w.algorithm not in ("diloco", "streaming"):
+        return (
+            f"wan.outer_optimizer={w.outer_optimizer!r} with wan.algorithm={w.algorithm!r}: only diloco and "
+            "streaming take an outer optimizer step (average is FedAvg: the cities' mean model); "
+            f"FedAdam / FedYogi is wan.algorithm=diloco with wan.outer_optimizer={w.outer_optimizer}"
+        )
+    return None
+
+
+@rule("scaffold_needs_whole_model_rounds", "wan.scaffold", "wan.algorithm")
+def _scaffold(cfg: Config) -> str | None:
+    if cfg.wan.scaffold and cfg.wan.algorithm not in ("average", "diloco"):
+        return (
+            f"wan.scaffold=true with wan.algorithm={cfg.wan.algorithm!r}: SCAFFOLD's control variates "
+            "are refreshed at rounds of the whole model: average or diloco"
         )
     return None
 

@@ -68,6 +68,10 @@ class WanConfig:
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     nesterov: bool = True
+    outer_optimizer: Literal["sgd", "adam", "yogi"] = "sgd"  # diloco, streaming: or FedAdam, FedYogi
+    outer_beta1: float = 0.9  # adam, yogi: decay of the pseudo-gradient's mean
+    outer_beta2: float = 0.99  # adam, yogi: decay of its second moment
+    outer_eps: float = 1e-3  # adam, yogi: tau, the adaptivity (large: like SGD with lr outer_lr/tau)
     codec: Literal["none", "fp16", "bf16", "int8", "int4"] = "none"
     error_feedback: bool = False
     fragments: int = 4  # streaming: parameter fragments synced at staggered steps
@@ -77,6 +81,7 @@ class WanConfig:
     optimizer_state: Literal["keep", "reset"] = "keep"  # reset: drop the inner optimizer state after a merge
     torch_intra_every: int = 0  # torch_hierarchical only: extra intra-city averaging period (0 = none)
     prox_mu: float = 0.0  # FedProx: + mu/2 ||w - w_global||^2 on the inner loss (average, diloco, streaming)
+    scaffold: bool = False  # SCAFFOLD: each inner gradient + (c - c_city), control variates (average, diloco)
     min_cities: int = 1  # a round commits with at least this many cities (wait-after-minimum)
     round_timeout_s: float = 20.0  # a forming round waits this long for the cities still missing
     heartbeat_s: float = 1.0  # each city tells the coordinator it is alive this often

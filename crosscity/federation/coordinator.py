@@ -69,7 +69,8 @@ class Coordinator:
         self.outer = make_outer(w)
         self.members = Membership(w.dead_after_s)
         self.layout: Layout | None = None
-        self.n_extra = 0
+        self.n_extra = 0  # SCAFFOLD: the control variate's size (the model's), 0 without
+        self.control: np.ndarray | None = None  # SCAFFOLD's server control variate c (persisted)
         self.globals: dict[int, np.ndarray] = {}
         self.versions: dict[int, int] = {}
         self.next_round = dict.fromkeys(range(self.fragments), 1)
@@ -106,7 +107,8 @@ class Coordinator:
     def transfer_s(self) -> float:
         """How long a quorum's remaining stripes may take once the round closed: the death-detection
         time plus two payloads at the slowest link rate the run promises to tolerate."""
-        payload = self.codec.payload_bytes(self.layout.numel // max(self.stripes, 1)) if self.layout else 0
+        stripe = (self.layout.numel + self.n_extra) // max(self.stripes, 1) if self.layout else 0
+        payload = self.codec.payload_bytes(stripe)
         return self.cfg.wan.dead_after_s + 2 * payload * 8 / (self.cfg.wan.min_rate_mbit * 1e6) + 1.0
 
     @property
@@ -231,6 +233,7 @@ class Coordinator:
         with self.cond:
             if self.layout is None:
                 self.layout, self.n_extra = layout, f["n_extra"]
+                self.control = np.zeros(self.n_extra, np.float32) if self.n_extra else None
             elif (layout, f["n_extra"]) != (self.layout, self.n_extra):
                 raise RequestError(
                     f"city {city}: {f['n_params']} parameters / {f['n_extra']} state values, the run has "
@@ -372,7 +375,7 @@ class Coordinator:
             return self._round_reply(rnd, city, status, rnd.reason or "not part of the round's quorum")
 
     def _decode_upload(self, msg: Message, fragment: int, stripe: int) -> list[np.ndarray]:
-        """The stripe's pseudo-gradient (and extra state) as float32, checked before it is kept."""
+        """The stripe's pseudo-gradient (and SCAFFOLD's delta c_i) as float32, checked before it is kept."""
         assert self.layout is not None
         sizes = [self.layout.stripe_size(fragment, stripe)]
         if self.n_extra:
@@ -442,12 +445,7 @@ class Coordinator:
         g = self.globals[f]
         self.outer.step(f, g, mean)
         downlink = self._downlink(f, before, g)
-        extra = None
-        if self.n_extra:
-            states = {
-                c: np.concatenate([rnd.uploads[c][k].arrays[1] for k in range(self.stripes)]) for c in quorum
-            }
-            extra = aggregate(states, weights, states[quorum[0]].shape).value.astype(np.float32)
+        control = self._move_control(quorum, rnd, weights) if self.n_extra else None
         self.versions[f] = version + 1
         for c in quorum:
             self.committed_attempt.setdefault(c, {})[f] = rnd.uploads[c][0].attempt
@@ -460,9 +458,8 @@ class Coordinator:
                 mode = p.FULL if stale or downlink is None else p.DELTA
                 a, b = self.layout.stripe(f, k)
                 arrays = [g[a:b].copy()] if mode == p.FULL else list(downlink[k])
-                if extra is not None:
-                    ea, eb = _stripe_of(self.n_extra, self.stripes, k)
-                    arrays.append(extra[ea:eb].copy())
+                if control is not None:
+                    arrays += control[k]
                 rnd.replies[(c, k)] = self._round_reply(rnd, c, p.COMMITTED, "", mode, arrays, version + 1)
         rnd.status = COMMITTED
         self.audit.round(rnd.id, [self.city_name(c) for c in quorum], fragment=f, version=version + 1)
@@ -475,6 +472,21 @@ class Coordinator:
             seconds=round(self.clock() - rnd.opened_at, 4),
             steps=[rnd.uploads[c][0].steps for c in quorum],
         )
+
+    def _move_control(
+        self, quorum: list[int], rnd: Round, weights: dict[int, float]
+    ) -> list[list[np.ndarray]]:
+        """SCAFFOLD (Karimireddy et al. 2020): c += |S|/N x the participants' mean delta c_i, weighted like
+        their updates (so sum_i w_i c_i = c and the corrections cancel in the average). Returns c's codec
+        payload per stripe: every participant gets c whole, also one that missed rounds."""
+        assert self.control is not None
+        deltas = {
+            c: np.concatenate([rnd.uploads[c][k].arrays[1] for k in range(self.stripes)]) for c in quorum
+        }
+        mean = aggregate(deltas, weights, deltas[quorum[0]].shape).value.astype(np.float32)
+        self.control += np.float32(len(quorum) / self.cities) * mean
+        bounds = [_stripe_of(self.n_extra, self.stripes, k) for k in range(self.stripes)]
+        return [self.codec.encode(self.control[a:b]) for a, b in bounds]
 
     def _audit_updates(self, rnd: Round, updates: dict[int, np.ndarray], agg: Any) -> None:
         """Each update of the round: hash, bytes, norm, and whether clipping scaled it."""
@@ -626,6 +638,8 @@ class Coordinator:
         self.state_generation += 1
         arrays = {f"global{f}": g for f, g in self.globals.items()}
         arrays.update({f"outer_{k}": v for k, v in self.outer.state_dict().items()})
+        if self.control is not None:
+            arrays["control"] = self.control
         if self.feedback:
             arrays.update({f"residual_{k}": v for k, v in self.feedback.state_dict().items()})
         name = f"state-{self.state_generation}.npz"
@@ -668,6 +682,7 @@ class Coordinator:
         self.versions = {int(k): v for k, v in state["versions"].items()}
         self.next_round = {int(k): v for k, v in state["next_round"].items()}
         self.outer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("outer_")})
+        self.control = arrays["control"].copy() if "control" in arrays else None
         if self.feedback:
             self.feedback.load_state_dict({k[9:]: v for k, v in arrays.items() if k.startswith("residual_")})
         self.initial_sha, self.initial_city, self.started = (
@@ -689,17 +704,19 @@ class Coordinator:
         self.event("restored", generation=self.state_generation, versions=self._versions())
 
     def _carry_outer(self, source: Path) -> None:
-        """train.init_from: start from the outer momentum the run at `source` ended with, when it had the
-        same outer optimizer (the same algorithm; streaming: the same fragments). docs/model_quality.md"""
+        """train.init_from: start from the outer optimizer state the run at `source` ended with, when it had
+        the same outer optimizer (the same algorithm and wan.outer_optimizer; streaming: the same
+        fragments). docs/model_quality.md"""
         before = load_config(source / "config.yaml", ["train.init_from="]).wan
         state = source / "coordinator" / STATE_FILE
-        same = before.algorithm == self.cfg.wan.algorithm and (
-            before.algorithm != "streaming" or before.fragments == self.cfg.wan.fragments
+        now = self.cfg.wan
+        same = (before.algorithm, before.outer_optimizer) == (now.algorithm, now.outer_optimizer) and (
+            before.algorithm != "streaming" or before.fragments == now.fragments
         )
         if same and state.is_file():
             with np.load(source / "coordinator" / json.loads(state.read_text())["arrays"]) as npz:
                 self.outer.load_state_dict({k[6:]: npz[k] for k in npz.files if k.startswith("outer_")})
-        self.event("init_from", source=str(source), outer_state=bool(self.outer.buffers))
+        self.event("init_from", source=str(source), outer_state=bool(self.outer.state_dict()))
 
 
 def _stripe_of(numel: int, parts: int, k: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ REGISTER = message_kind(
     "register",
     name=str,
     n_params=int,  # flat parameter count: fixes the fragment and stripe layout
-    n_extra=int,  # optimizer-state values averaged with the stripe (reserved: cities send 0)
+    n_extra=int,  # SCAFFOLD: size of the control variate riding with the stripes (n_params), else 0
     initial_sha=str,  # sha256 of the city's parameters if it starts fresh, "" when resuming
     versions=list,  # the city's base version of each fragment (-1: none yet)
     step=int,
@@ -34,7 +34,7 @@ EXCHANGE = message_kind(
     attempt=int,  # this city's attempt counter for the fragment: makes an upload count at most once
     base_version=int,  # version of the global fragment the pseudo-gradient was taken against
     steps=int,  # inner steps since the city's last round of this fragment (capped by the coordinator)
-)  # + [codec payload of the pseudo-gradient stripe] (+ [codec payload of the extra stripe])
+)  # + [codec payload of the pseudo-gradient stripe] (+ [codec payload of SCAFFOLD's delta c_i stripe])
 FETCH = message_kind("fetch", fragment=int, stripe=int)
 FINAL = message_kind("final", metrics=dict)
 LEAVE = message_kind("leave", reason=str)
@@ -54,6 +54,7 @@ ROUND = message_kind(
     version=int,  # the fragment's global version after the round
     participants=list,  # city ids whose updates were averaged
     mode=str,  # "delta": arrays = codec payload of (new - old global); "full": arrays = [float32 global]
+    # (+ with SCAFFOLD: the codec payload of the stripe of the coordinator's control variate c)
     committed_attempt=int,  # this city's last upload of the fragment that took effect (-1: none)
     stop=bool,  # the run is being stopped: checkpoint right after merging this round (exact resume)
     reason=str,

@@ -19,7 +19,7 @@ from crosscity.federation import protocol as p
 from crosscity.federation.client import CityAgent, Link, Unreachable
 from crosscity.federation.coordinator import config_fingerprint
 from crosscity.federation.endpoints import city_endpoint, run_certs
-from crosscity.federation.layout import Layout
+from crosscity.federation.layout import Layout, stripe_bounds
 from crosscity.federation.service import read_address, serve
 from crosscity.federation.wire import Message
 
@@ -69,7 +69,14 @@ class CoordinatorThread:
 
 class ScriptedCity:
     def __init__(
-        self, run_dir: Path, cfg: Config, city: int, n_params: int, heartbeats: bool = True, name: str = ""
+        self,
+        run_dir: Path,
+        cfg: Config,
+        city: int,
+        n_params: int,
+        heartbeats: bool = True,
+        name: str = "",
+        n_extra: int = 0,
     ) -> None:
         name = name or f"city{city}"
         self.cfg, self.city = cfg, city
@@ -84,7 +91,9 @@ class ScriptedCity:
             return Link(lambda: read_address(run_dir), city, rank, run, 1 << 26, tls, connect_timeout_s=2)
 
         self.links = [link(k) for k in range(self.ranks)]
-        self.agent = CityAgent(lambda: link(0), name, n_params, 0, cfg.wan.heartbeat_s, log=lambda _: None)
+        self.agent = CityAgent(
+            lambda: link(0), name, n_params, n_extra, cfg.wan.heartbeat_s, log=lambda _: None
+        )
         self.heartbeats = heartbeats
         self.attempt = 0
         self.pool = ThreadPoolExecutor(max_workers=self.ranks)
@@ -106,9 +115,15 @@ class ScriptedCity:
         return self.agent.wait_start(30)
 
     def exchange(
-        self, pseudo_grad: np.ndarray, base_version: int, steps: int, fragment: int = 0
+        self,
+        pseudo_grad: np.ndarray,
+        base_version: int,
+        steps: int,
+        fragment: int = 0,
+        extra: np.ndarray | None = None,
     ) -> list[Message]:
-        """Every rank uploads its stripe at once (as the city's ranks do); the replies, by stripe."""
+        """Every rank uploads its stripe at once (as the city's ranks do), with its stripe of `extra`
+        (SCAFFOLD's delta c_i) if given; the replies, by stripe."""
         self.attempt += 1
 
         def upload(k: int) -> Message:
@@ -120,7 +135,11 @@ class ScriptedCity:
                 "base_version": base_version,
                 "steps": steps,
             }
-            return self.links[k].call(Message(p.EXCHANGE, fields, [pseudo_grad[s0:s1]]), 30)
+            arrays = [pseudo_grad[s0:s1]]
+            if extra is not None:
+                e0, e1 = stripe_bounds(extra.size, self.ranks, k)
+                arrays.append(extra[e0:e1])
+            return self.links[k].call(Message(p.EXCHANGE, fields, arrays), 30)
 
         return list(self.pool.map(upload, range(self.ranks)))
 

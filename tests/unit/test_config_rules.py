@@ -137,6 +137,18 @@ ROWS = [
         ["wan.algorithm=flat", "security.insecure=true", "wan.prox_mu=0.1"],
         "wan.prox_mu=0.1 with wan.algorithm='flat': FedProx needs a global model held between rounds",
     ),
+    Row("value_ranges", ["wan.outer_beta2=1"], "wan.outer_beta2=1.0: allowed [0, 1)"),
+    Row("value_ranges", ["wan.outer_eps=0"], "wan.outer_eps=0.0: allowed > 0"),
+    Row(
+        "adaptive_outer_needs_outer_step",
+        ["wan.algorithm=average", "wan.outer_optimizer=adam"],
+        "wan.outer_optimizer='adam' with wan.algorithm='average': only diloco and streaming",
+    ),
+    Row(
+        "scaffold_needs_whole_model_rounds",
+        ["wan.algorithm=streaming", "wan.fragments=2", "wan.scaffold=true"],
+        "wan.scaffold=true with wan.algorithm='streaming': SCAFFOLD's control variates",
+    ),
     Row(
         "early_stopping_needs_validation",
         ["train.patience=3", "train.eval_every=0"],

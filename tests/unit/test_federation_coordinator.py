@@ -15,6 +15,7 @@ from crosscity.federation.audit import verify
 from crosscity.federation.client import Refused
 from crosscity.federation.wire import Message
 from tests.helpers.federation import CoordinatorThread, ScriptedCity, global_of, run_config
+from tests.unit.test_federation_outer import reference
 
 N = 10
 
@@ -120,6 +121,60 @@ def test_a_restarted_coordinator_resumes_from_its_state(tmp_path: Path) -> None:
         assert replies[0][0].fields["status"] == p.COMMITTED and replies[0][0].fields["version"] == 2
     finally:
         for city in group:
+            city.close()
+        service.stop()
+
+
+def test_fedadam_state_survives_a_coordinator_restart(tmp_path: Path) -> None:
+    """diloco + outer_optimizer=adam: the second round after a restart is the second FedAdam step."""
+    cfg = run_config(tmp_path, 2, 1, "wan.algorithm=diloco", "wan.outer_optimizer=adam", "wan.outer_lr=0.01")
+    service = CoordinatorThread(tmp_path)
+    group = started(tmp_path, cfg, 2)
+    grads = [np.linspace(-1, 1, N, dtype=np.float32) * (c + 1) for c in range(2)]  # mean: 1.5 x linspace
+    try:
+        all_exchange(group, grads, 0)
+        service.stop()
+        service = CoordinatorThread(tmp_path)
+        for city in group:
+            city.fetch()  # the links reconnect to the new address
+        time.sleep(3 * cfg.wan.heartbeat_s)  # the cities register again
+        second = all_exchange(group, grads, 1)
+        assert second[0][0].fields["version"] == 2
+        want = reference([1.5 * np.linspace(-1, 1, N)] * 2, initial(), yogi=False)
+        np.testing.assert_allclose(global_of(second[0]), want, rtol=1e-5, atol=1e-7)
+    finally:
+        for city in group:
+            city.close()
+        service.stop()
+
+
+def test_scaffold_control_variate_moves_by_the_mean_delta_times_participation(tmp_path: Path) -> None:
+    """c += |S|/N x the participants' weighted mean delta c_i; each participant gets c, and c persists."""
+    cfg = run_config(tmp_path, 3, 2, "wan.algorithm=average", "wan.scaffold=true", "wan.min_cities=2")
+    service = CoordinatorThread(tmp_path)
+    try:
+        group = [ScriptedCity(tmp_path, cfg, c, N, n_extra=N) for c in range(3)]
+        for city in group:
+            city.join(initial())
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda c: c.start(), group))
+        deltas = [np.full(N, c + 1.0, np.float32) for c in range(3)]
+        zero = np.zeros(N, np.float32)
+        with ThreadPoolExecutor(3) as pool:
+            first = list(pool.map(lambda c: c.exchange(zero, 0, 10, extra=deltas[c.city]), group))
+        c1 = np.concatenate([r.arrays[1] for r in first[2]])  # full mode: [global stripe, c stripe]
+        np.testing.assert_allclose(c1, np.full(N, 2.0), rtol=1e-6)  # all 3 of 3: the mean of 1, 2, 3
+        group[2].agent.stop()  # city 2 goes silent: the next round is cities 0 and 1
+        with ThreadPoolExecutor(2) as pool:
+            second = list(pool.map(lambda c: c.exchange(zero, 1, 10, extra=deltas[c.city]), group[:2]))
+        assert second[0][0].fields["participants"] == [0, 1]
+        c2 = np.concatenate([r.arrays[1] for r in second[0]])
+        np.testing.assert_allclose(c2, np.full(N, 2.0 + 2 / 3 * 1.5), rtol=1e-6)
+        state = json.loads((tmp_path / "coordinator" / "state.json").read_text())
+        with np.load(tmp_path / "coordinator" / state["arrays"]) as npz:
+            assert np.array_equal(npz["control"], c2)  # persisted with the global model
+    finally:
+        for city in locals().get("group", []):
             city.close()
         service.stop()
 

@@ -55,6 +55,7 @@ from crosscity.federation.service import read_address
 from crosscity.federation.wire import Message
 from crosscity.train.distributed.topology import Topology
 from crosscity.train.wan.clock import RoundClock
+from crosscity.train.wan.scaffold import Scaffold
 from crosscity.train.wan.sync import InterCitySync, WanRound
 
 POLL_S = 0.25  # how often a rank waiting for a round's reply checks on the rest of its city
@@ -111,6 +112,8 @@ class FederatedSync(InterCitySync):
         self.fleet_step = -1  # how far the other cities are, from the last replies (agreed in the city)
         self.skip_to: int | None = None  # catch-up: where the trainer's step jumps (take_skip_to)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-exchange")
+        ranks = self.topo.ranks_per_city
+        self.scaffold = Scaffold(flat.size, self.codec, ranks, self.topo.local_rank) if cfg.scaffold else None
 
     @classmethod
     def make_clock(cls, cfg: WanConfig) -> RoundClock:
@@ -185,6 +188,8 @@ class FederatedSync(InterCitySync):
             self.steps_since[f] = self.samples_since[f] = 0
             self.in_flight.pop(f, None)
             self.uncertain.pop(f, None)
+            if self.scaffold is not None:
+                self.scaffold.restart(f)
         self._set(flat)
         self.log_event(
             event="heal",
@@ -261,6 +266,12 @@ class FederatedSync(InterCitySync):
         stop = self.run_stops or (city_votes > 0 and self.clock.is_round(step))
         return stop, stop
 
+    def gradient_correction(self) -> torch.Tensor | None:
+        """SCAFFOLD's c - c_i (wan.scaffold), at the learning rate of the step about to be taken."""
+        if self.scaffold is None:
+            return None
+        return self.scaffold.correction(self.optimizer.param_groups[0]["lr"], self._device())
+
     def global_params(self) -> torch.Tensor:
         """The global model as of this city's last merged round of each fragment (`base`)."""
         return torch.from_numpy(np.concatenate(self.base)).to(self._device())
@@ -317,6 +328,8 @@ class FederatedSync(InterCitySync):
             payload, residual = self.feedback.propose(self.codec, pseudo_grad, f"{f}/{k}")
         else:
             payload = self.codec.encode(pseudo_grad)
+        if self.scaffold is not None:
+            payload = [*payload, *self.scaffold.propose(f, self.base[f], snapshot)]
         self.attempt[f] += 1
         fields = {
             "fragment": f,
@@ -374,6 +387,7 @@ class FederatedSync(InterCitySync):
         if votes[0] == ranks:  # every rank holds the new global stripe
             assert reply is not None
             self._apply(f, job, self._stripe_result(f, reply), reply.fields["version"])
+            self._commit_control(f, reply)
             self.run_stops = self.run_stops or reply.fields["stop"]
             status = p.COMMITTED
         elif votes[1] == ranks and votes[0] == 0:  # all answered, none committed: nothing moved
@@ -413,7 +427,19 @@ class FederatedSync(InterCitySync):
         s0, s1 = self.layout.stripe(f, k)
         if reply.fields["mode"] == p.FULL:
             return reply.arrays[0].astype(np.float32)
-        return self.base[f][s0:s1] + self.codec.decode(reply.arrays, s1 - s0)
+        return self.base[f][s0:s1] + self.codec.decode(reply.arrays[: self._model_arrays(f, reply)], s1 - s0)
+
+    def _model_arrays(self, f: int, reply: Message) -> int:
+        """How many of a committed reply's arrays are the model's (SCAFFOLD's c follows them)."""
+        if reply.fields["mode"] == p.FULL:
+            return 1
+        return len(self.codec.payload_shapes(self.layout.stripe_size(f, self.topo.local_rank)))
+
+    def _commit_control(self, f: int, reply: Message | None) -> None:
+        """SCAFFOLD: the round counted; its reply (None: lost) carries the coordinator's new c."""
+        if self.scaffold is not None:
+            server = None if reply is None else reply.arrays[self._model_arrays(f, reply) :]
+            self.scaffold.commit(f, server, lambda stripe: self._gather(f, stripe))
 
     def _apply(self, f: int, job: InFlight, stripe: np.ndarray, version: int) -> None:
         """The merge rule (module docstring) with the city's gathered new global fragment."""
@@ -432,6 +458,8 @@ class FederatedSync(InterCitySync):
         """The round did not take: its steps count towards the next one (residual untouched)."""
         self.steps_since[f] += job.steps
         self.samples_since[f] += job.samples
+        if self.scaffold is not None:
+            self.scaffold.give_back(f)
 
     def _resolve(self, f: int) -> bool:
         """Did the upload whose reply was lost take effect? True once decided (either way)."""
@@ -450,6 +478,7 @@ class FederatedSync(InterCitySync):
             self.base[f], self.version[f] = glob, version
             if job.residual is not None and self.feedback is not None:
                 self.feedback.commit(f"{f}/{self.topo.local_rank}", job.residual)
+            self._commit_control(f, None)
         else:
             self._give_back(f, job)
         return True
@@ -588,6 +617,7 @@ class FederatedSync(InterCitySync):
             "feedback": {k: torch.from_numpy(v.copy()) for k, v in residuals.items()},
             "blocked_s": self.blocked_s,
             "pending": pending,
+            **({"scaffold": self.scaffold.state_dict()} if self.scaffold is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -598,6 +628,8 @@ class FederatedSync(InterCitySync):
         if self.feedback is not None:
             self.feedback.load_state_dict({k: v.numpy() for k, v in state["feedback"].items()})
         self.blocked_s = state["blocked_s"]
+        if self.scaffold is not None:
+            self.scaffold.load_state_dict(state["scaffold"])
         self.in_flight, self.uncertain = {}, {}
         for f, saved in state["pending"].items():
             reply = None if saved["reply"] is None else _reply_of(saved["reply"])
@@ -649,5 +681,10 @@ def connect(
     def link(rank: int) -> Link:
         return Link(lambda: read_address(run_dir), topo.city, rank, run, max_payload, tls)
 
-    agent = CityAgent(lambda: link(0), city_name, n_params, 0, heartbeat_s) if topo.local_rank == 0 else None
+    n_extra = n_params if cfg.wan.scaffold else 0  # SCAFFOLD's control variate rides with the stripes
+    agent = (
+        CityAgent(lambda: link(0), city_name, n_params, n_extra, heartbeat_s)
+        if topo.local_rank == 0
+        else None
+    )
     return link(topo.local_rank), agent

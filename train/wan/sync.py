@@ -83,6 +83,11 @@ class InterCitySync(ABC):
         self.gradient_seconds = time.perf_counter() - start
         return sums[: len(words)]
 
+    def gradient_correction(self) -> torch.Tensor | None:
+        """After the step's gradient sum, before the optimizer step: a flat vector to add to the
+        gradients (SCAFFOLD's c - c_i), or None. Called once per inner step."""
+        return None
+
     @abstractmethod
     def after_step(self, step: int, samples: int) -> WanRound | None:
         """After each inner optimizer step: start, merge or run this algorithm's rounds."""
