@@ -104,6 +104,18 @@ def test_no_quorum_skips_the_round_within_the_timeout_and_moves_nothing(tmp_path
         service.stop()
 
 
+def restarted(
+    service: CoordinatorThread, group: list, run_dir: Path, heartbeat_s: float
+) -> tuple[CoordinatorThread, list]:
+    """Another coordinator on the stopped one's state, and what each city fetches from it: the links
+    reconnect to the new address by themselves, and heartbeats register the cities again."""
+    service.stop()
+    service = CoordinatorThread(run_dir)
+    fetched = [city.fetch() for city in group]
+    time.sleep(3 * heartbeat_s)
+    return service, fetched
+
+
 def test_a_restarted_coordinator_resumes_from_its_state(tmp_path: Path) -> None:
     cfg = run_config(tmp_path, 2, 2, "wan.algorithm=diloco")
     service = CoordinatorThread(tmp_path)
@@ -111,12 +123,8 @@ def test_a_restarted_coordinator_resumes_from_its_state(tmp_path: Path) -> None:
     try:
         all_exchange(group, [np.ones(N, np.float32), np.ones(N, np.float32)], 0)
         before = group[0].fetch()
-        service.stop()
-        service = CoordinatorThread(tmp_path)
-        after = group[0].fetch()  # the link reconnects to the new address by itself
-        group[1].fetch()
+        service, (after, _) = restarted(service, group, tmp_path, cfg.wan.heartbeat_s)
         assert after[1] == before[1] == 1 and np.array_equal(after[0], before[0])
-        time.sleep(3 * cfg.wan.heartbeat_s)  # heartbeats find an unknown city and register it again
         replies = all_exchange(group, [np.ones(N, np.float32), np.ones(N, np.float32)], 1)
         assert replies[0][0].fields["status"] == p.COMMITTED and replies[0][0].fields["version"] == 2
     finally:
@@ -133,11 +141,7 @@ def test_fedadam_state_survives_a_coordinator_restart(tmp_path: Path) -> None:
     grads = [np.linspace(-1, 1, N, dtype=np.float32) * (c + 1) for c in range(2)]  # mean: 1.5 x linspace
     try:
         all_exchange(group, grads, 0)
-        service.stop()
-        service = CoordinatorThread(tmp_path)
-        for city in group:
-            city.fetch()  # the links reconnect to the new address
-        time.sleep(3 * cfg.wan.heartbeat_s)  # the cities register again
+        service, _ = restarted(service, group, tmp_path, cfg.wan.heartbeat_s)
         second = all_exchange(group, grads, 1)
         assert second[0][0].fields["version"] == 2
         want = reference([1.5 * np.linspace(-1, 1, N)] * 2, initial(), yogi=False)
