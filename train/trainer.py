@@ -31,6 +31,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from crosscity.config import Config, load_config
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.core.forecast_scores import pool_metrics
+from crosscity.core.rank_pids import write_pid_file
 from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.data_prep.verify import full_check, quick_check
 from crosscity.train.best_model import BestModel
@@ -528,6 +529,7 @@ def run_rank(run_dir: Path, topo: Topology | None = None) -> int:
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     topo = topo or detect_topology()
+    write_pid_file(run_dir, topo.city, topo.local_rank)  # for tools that signal ranks (core/rank_pids.py)
     torch.set_num_threads(1)
     stop = StopFlag(cfg.train.requeue_signal)
     device = pick_device(cfg.train.device, topo.local_rank)

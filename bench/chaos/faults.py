@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from crosscity.bench.wan.emulator import WanEmulator
+from crosscity.core.rank_pids import rank_pids
 
 KILL_CITY, KILL_RANK, STOP_CITY, CUT_LINK, KILL_COORDINATOR, PREEMPT = (
     "kill_city",
@@ -101,25 +102,6 @@ def plan_faults(seed: int, cities: int, ranks: int, shape: PlanShape = PlanShape
 
 
 # ------------------------------------------------------------------ finding the run's processes
-
-
-def rank_pids(run_dir: Path) -> dict[tuple[int, int], int]:
-    """(city, local rank) -> pid of every rank process of this run (the python process itself, not
-    the wrappers that exec into it), through /proc."""
-    found = {}
-    marker = str(Path(run_dir)).encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if cmd[1:4] != [b"-m", b"crosscity", b"train"] or marker not in cmd:
-                continue
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
-            found[(int(env["CROSSCITY_CITY"]), int(env["CROSSCITY_LOCAL_RANK"]))] = int(proc.name)
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-    return found
 
 
 def coordinator_pid(run_dir: Path) -> int | None:

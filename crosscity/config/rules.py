@@ -91,6 +91,7 @@ TYPE_ONLY = (
     "train.requeue_signal",
     "train.device",
     "train.final_model",
+    "train.fork_server",
     "monitor.tensorboard",
 )
 

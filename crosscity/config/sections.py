@@ -126,6 +126,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_val_windows: int = 0  # cap validation windows per city (0 = all), for quick runs
     max_city_restarts: int = 10  # local launcher: restarts of a failed city before the run gives up on it
+    fork_server: bool = True  # local launcher: fork each city's ranks from one process that imported torch
     final_model: Literal["best", "last"] = "best"  # final/model.pt: lowest pooled val RMSE, or the last
     patience: int = 0  # early stopping (flat, torch_hierarchical): evaluations without improvement (0 = off)
     min_delta: float = 0.0  # ug/m3 the pooled val RMSE must drop by to count as an improvement

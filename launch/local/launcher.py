@@ -2,9 +2,12 @@
 
 The launcher starts the run's coordinator (a process of its own) and each city as a unit of R rank
 processes, and supervises them as a batch system would:
-- a city whose rank fails (crash, kill, a stuck LAN collective) is stopped as a whole and started
-  again from its checkpoints after a short backoff, up to `train.max_city_restarts` times; the other
-  cities never stop; a city that gives up leaves the run, which ends with exit 1 naming it;
+- a city whose rank fails (crash, kill, a stuck LAN collective) is killed as a whole and started
+  again from its checkpoints (at once, or after a backoff when it keeps failing soon after its start),
+  up to `train.max_city_restarts` times; the other cities never stop; a city that gives up leaves the
+  run, which ends with exit 1 naming it;
+- a city's ranks are forked from its fork server (`train.fork_server`, launch/local/fork_server.py),
+  which imported torch once: a restart does not pay Python's and torch's start-up again;
 - a city whose ranks exit with EXIT_REQUEUE (preempted, checkpointed) is started again at once,
   as a requeued array task is; no number of preemptions is fatal;
 - the coordinator is restarted whenever it dies (it reloads its state from the run directory);
@@ -17,7 +20,6 @@ there a failed rank stops the run, and a preempted city is waited for (`WorldLau
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -32,6 +34,9 @@ from crosscity.config import Config
 from crosscity.config.sections import WORLD_ALGORITHMS
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.federation.endpoints import INSECURE_WARNING, city_names
+from crosscity.launch.local.child_process import die_with_parent
+from crosscity.launch.local.fork_server import ForkedProcess, ForkServer
+from crosscity.launch.restart_policy import failure_streak, restart_delay
 from crosscity.train.distributed.rendezvous import CITY_STORE_ENV
 from crosscity.train.distributed.topology import Topology
 
@@ -43,17 +48,10 @@ class LaunchError(RuntimeError):
     """A rank failed; the message names it and shows the end of its log."""
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL if the launcher dies, so no rank is ever orphaned."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    os.setsid()
-
-
 @dataclass
 class RankProcess:
     topo: Topology
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedProcess
     log_path: Path
     echo_thread: threading.Thread | None = None
 
@@ -67,6 +65,8 @@ class City:
     attempt: int = 0
     failures: int = 0
     restart_at: float | None = None  # a failed city waits out its backoff before it starts again
+    started_at: float = 0.0
+    streak: int = 0  # failures in a row, each soon after its start (launch/restart_policy.py)
     done: bool = False
     gave_up: str = ""
 
@@ -85,6 +85,7 @@ class LocalLauncher:
     echo: bool = True
     only: list[int] | None = None  # start these cities alone (the others run elsewhere and join)
     ranks: dict[int, RankProcess] = field(default_factory=dict)
+    fork_servers: dict[int, ForkServer] = field(default_factory=dict)
 
     def run(self) -> int:
         if self.cfg.wan.algorithm in WORLD_ALGORITHMS:
@@ -94,51 +95,58 @@ class LocalLauncher:
     # ------------------------------------------------------------------ processes, shared by both
 
     def spawn(self, topo: Topology, extra_env: dict[str, str]) -> RankProcess:
-        env = {
-            **os.environ,
-            **topo.to_env(),
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": "1",
-            **extra_env,
-        }
+        env = {**self._city_base_env(topo.city), **topo.to_env(), **extra_env}
         if self.city_env:
             env.update(self.city_env(topo.city))
-        cmd = [
-            *(self.city_prefix(topo.city) if self.city_prefix else []),
-            sys.executable,
-            "-m",
-            "crosscity",
-            "train",
-            str(self.run_dir),
-        ]
+        argv = ["train", str(self.run_dir)]
         log_path = self.run_dir / "logs" / f"city{topo.city}_rank{topo.local_rank}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        echo = self.echo and topo.global_rank == 0
-        log = log_path.open("ab")
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE if echo else log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        rank = RankProcess(topo, proc, log_path)
-        if echo:
-            rank.echo_thread = threading.Thread(target=_tee, args=(proc, log), daemon=True)
-            rank.echo_thread.start()
+        log_path.touch()
+        offset = log_path.stat().st_size
+        proc: subprocess.Popen | ForkedProcess
+        if self.cfg.train.fork_server:
+            proc = self._fork_server(topo.city).spawn(argv, env, log_path)
         else:
-            log.close()
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    [*self._prefix(topo.city), sys.executable, "-m", "crosscity", *argv],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                )
+        rank = RankProcess(topo, proc, log_path)
+        if self.echo and topo.global_rank == 0:
+            rank.echo_thread = threading.Thread(target=_follow, args=(proc, log_path, offset), daemon=True)
+            rank.echo_thread.start()
         self.ranks[topo.global_rank] = rank
         return rank
+
+    def _prefix(self, city: int) -> list[str]:
+        return self.city_prefix(city) if self.city_prefix else []
+
+    def _city_base_env(self, city: int) -> dict[str, str]:
+        """What every process of a city sees, its fork server included (torch reads OMP_NUM_THREADS
+        when it is imported)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        return {**env, **(self.city_env(city) if self.city_env else {})}
+
+    def _fork_server(self, city: int) -> ForkServer:
+        if city not in self.fork_servers:
+            self.fork_servers[city] = ForkServer(self._prefix(city), self._city_base_env(city), self.run_dir)
+        return self.fork_servers[city]
 
     def topologies(self, city: int) -> list[Topology]:
         t = self.cfg.topology
         return [Topology(city, t.cities, k, t.ranks_per_city) for k in range(t.ranks_per_city)]
 
-    def join_echo(self) -> None:
+    def finish(self) -> None:
+        """After the last rank: the end of rank 0's output, and the fork servers go."""
         for r in self.ranks.values():
             if r.echo_thread:
                 r.echo_thread.join(timeout=2)
+        for server in self.fork_servers.values():
+            server.close()
 
 
 class FederatedLauncher:
@@ -182,7 +190,7 @@ class FederatedLauncher:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self._stop_coordinator()
-            self.l.join_echo()
+            self.l.finish()
         failed = [c for c in self.cities if c.gave_up]
         for city in failed:
             print(f"crosscity run: {city.gave_up}", file=sys.stderr, flush=True)
@@ -235,7 +243,7 @@ class FederatedLauncher:
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.coordinator = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
         log.close()
 
@@ -255,7 +263,7 @@ class FederatedLauncher:
 
     def _start_city(self, city: City) -> None:
         city.attempt += 1
-        city.restart_at = None
+        city.restart_at, city.started_at = None, time.monotonic()
         store = self.l.run_dir / "cities" / f"city{city.index}" / f"store-{city.attempt}"
         store.parent.mkdir(parents=True, exist_ok=True)
         store.unlink(missing_ok=True)
@@ -285,15 +293,18 @@ class FederatedLauncher:
                 self._start_city(city)
 
     def _city_failed(self, city: City, rank: RankProcess, code: int) -> None:
-        _stop(city.ranks)
+        # SIGKILL at once: the others wait in a collective with the failed rank, so they could neither
+        # checkpoint nor stop; the city restarts from the checkpoints its ranks all have.
+        _kill(city.ranks)
         city.failures += 1
+        city.streak = failure_streak(city.streak, time.monotonic() - city.started_at)
         budget = self.cfg.train.max_city_restarts
         what = f"city {city.index} (rank {rank.topo.local_rank} {_how(code)})"
         if city.failures > budget:
             city.gave_up = f"{what} failed {city.failures} times, more than train.max_city_restarts={budget}"
             city.gave_up += f"; the other cities went on. Log {rank.log_path}:\n{_tail(rank.log_path, 15)}"
             return
-        delay = min(2.0 ** (city.failures - 1), 30.0)
+        delay = restart_delay(city.streak)
         print(
             f"[launch] {what} failed; restarting it in {delay:.0f} s ({city.failures}/{budget})", flush=True
         )
@@ -345,7 +356,7 @@ class WorldLauncher:
             _stop(list(ranks.values()))
             return 130
         finally:
-            self.l.join_echo()
+            self.l.finish()
 
 
 # ------------------------------------------------------------------ helpers
@@ -359,7 +370,15 @@ def _stop(ranks: list[RankProcess]) -> None:
     _stop_processes([r.proc for r in ranks if r.proc.poll() is None])
 
 
-def _stop_processes(procs: list[subprocess.Popen]) -> None:
+def _kill(ranks: list[RankProcess]) -> None:
+    for r in ranks:
+        if r.proc.poll() is None:
+            _signal_group(r.proc, signal.SIGKILL)
+    for r in ranks:
+        r.proc.wait()
+
+
+def _stop_processes(procs: list[subprocess.Popen] | list[subprocess.Popen | ForkedProcess]) -> None:
     """SIGTERM to each process group, SIGKILL whoever is still there after the grace period."""
     for proc in procs:
         _signal_group(proc, signal.SIGTERM)
@@ -372,7 +391,7 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
+def _signal_group(proc: subprocess.Popen | ForkedProcess, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 
@@ -390,14 +409,20 @@ def _failure_message(r: RankProcess, code: int) -> str:
     )
 
 
-def _tee(proc: subprocess.Popen, log) -> None:
-    assert proc.stdout is not None
-    for line in iter(proc.stdout.readline, b""):
-        log.write(line)
-        log.flush()
-        sys.stdout.write(line.decode(errors="replace"))
-        sys.stdout.flush()
-    log.close()
+def _follow(proc: subprocess.Popen | ForkedProcess, path: Path, offset: int) -> None:
+    """Rank 0's log on the launcher's stdout as it grows, until the rank has exited."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while True:
+            done = proc.poll() is not None
+            chunk = fh.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            elif done:
+                return
+            else:
+                time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int) -> str:

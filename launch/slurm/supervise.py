@@ -6,8 +6,9 @@ the run's city tasks, the Slurm twin of the local launcher (launch/local/launche
 - The coordinator service (the command after `--`) is started again whenever it dies; it reloads its
   state from the run directory and the cities find its new address in RUN_DIR/coordinator.json.
 - A city task that left the queue unfinished (cancelled, failed, timed out, its node died: a final
-  Slurm state without RUN_DIR/final/city<C>.json) is brought back after the local launcher's backoff
-  (1, 2, 4 ... 30 s), at most train.max_city_restarts times per city: `scontrol requeue` of that task
+  Slurm state without RUN_DIR/final/city<C>.json) is brought back after the launchers' backoff
+  (launch/restart_policy.py: at once, then 1, 2, 4 ... 30 s; here every failure of the city counts in
+  one streak), at most train.max_city_restarts times per city: `scontrol requeue` of that task
   (Slurm requeues a CANCELLED or FAILED array task it still remembers: the same job id, so nothing
   moves), else a resubmission of the same script as a one-task array, whose job id replaces the old
   one in RUN_DIR/slurm/jobs.json. A city that requeues itself (preempted, EXIT_REQUEUE) is PENDING,
@@ -35,17 +36,13 @@ from pathlib import Path
 
 from crosscity.config import load_config
 from crosscity.config.sections import WORLD_ALGORITHMS
+from crosscity.launch.restart_policy import restart_delay
 from crosscity.launch.slurm.plan import write_jobs
 from crosscity.launch.slurm.status import FINISHED, JOBS_FILE, JobState, query_states
 
 KILL_GRACE_S = 10.0
 UNKNOWN_GRACE_S = 30.0
 _TIMEOUT_S = 30
-
-
-def restart_delay(failures: int) -> float:
-    """The local launcher's backoff before the n-th restart of a failed city: 1, 2, 4 ... 30 s."""
-    return min(2.0 ** (failures - 1), 30.0)
 
 
 def log(message: str) -> None:

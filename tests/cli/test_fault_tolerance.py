@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from crosscity.core.rank_pids import rank_pids
 from tests.helpers.runs import (
     CONFIG,
     QUICK,
     crosscity,
     final_params,
-    rank_pids,
     start_crosscity,
     wait_for_step,
 )

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from crosscity.core.rank_pids import rank_pids
 from tests.helpers.data import flip_byte
 from tests.helpers.runs import (
     CONFIG,
     QUICK,
     crosscity,
     final_params,
-    rank_pids,
     start_crosscity,
     wait_for_step,
 )

@@ -40,21 +40,6 @@ def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "final" / "model.pt", weights_only=True)["model"]
 
 
-def rank_pids(run_dir: Path) -> dict[tuple[int, int], int]:
-    """(city, local rank) -> pid of every live rank process of this run, found through /proc."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"train" not in cmd or str(run_dir).encode() not in cmd:
-                continue
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
-        except (OSError, ValueError):
-            continue
-        found[(int(env["CROSSCITY_CITY"]), int(env["CROSSCITY_LOCAL_RANK"]))] = int(proc.name)
-    return found
-
-
 def wait_for_step(run_dir: Path, rank: int, step: int, timeout: float = 120) -> None:
     path = run_dir / "metrics" / f"rank{rank}.jsonl"
     deadline = time.monotonic() + timeout

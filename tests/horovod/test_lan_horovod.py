@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from crosscity.core.rank_pids import rank_pids
 from crosscity.train.observe.metrics_log import read_records
 from tests.helpers.runs import (
     CONFIG,
     QUICK,
     crosscity,
     final_params,
-    rank_pids,
     start_crosscity,
     wait_for_step,
 )

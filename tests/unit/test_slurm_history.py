@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from crosscity.launch.restart_policy import HEALTHY_S, failure_streak, restart_delay
 from crosscity.launch.slurm.history import EVENTS, city_histories, describe, read_events
-from crosscity.launch.slurm.supervise import restart_delay
 
 EVENTS_OF_A_RUN = [
     {"time": 100.0, "event": "join", "city": 0},
@@ -65,5 +65,8 @@ def test_the_status_line_names_the_outage_the_rejoin_and_what_brought_the_city_b
     )
 
 
-def test_the_supervisor_backs_off_as_the_local_launcher_does() -> None:
-    assert [restart_delay(n) for n in range(1, 8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+def test_the_launchers_back_off_only_when_a_city_keeps_failing_soon_after_its_start() -> None:
+    assert [restart_delay(n) for n in range(1, 9)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert failure_streak(0, 1.0) == 1
+    assert failure_streak(3, HEALTHY_S - 1) == 4  # failed again soon after its start: a crash loop
+    assert failure_streak(3, HEALTHY_S + 1) == 1  # ran a while: comes back at once
