@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
         "--report-only", action="store_true", help="rebuild RESULTS.md and the PNGs from results.json"
     )
     p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RESULTS_JSON",
+        help="with --report-only: add the runs of other results.json files of the same recipe (a run of "
+        "the same split, row and seed replaces ours): one table from runs made by several invocations",
+    )
+    p.add_argument(
         "--work", type=Path, default=Path("runs/bench_quality"), help="datasets and run directories"
     )
     p.add_argument(
@@ -137,7 +146,12 @@ def _header(argv: list[str], started: datetime, plan: Plan, seconds: float) -> A
             f"- date: {started:%Y-%m-%d %H:%M} UTC, took {seconds / 60:.1f} min"
             + ("" if payload.get("complete") else " (partial: still running or stopped)"),
             f"- machine: {machine()}",
-            f"- command: `{shlex.join(['crosscity', 'bench', 'quality', *argv])}`",
+            *(
+                [f"- command: `{shlex.join(['crosscity', 'bench', 'quality', *argv])}`"]
+                if "commands" not in payload
+                else ["- commands (their runs merged with `--report-only --merge`):"]
+                + [f"  - `{shlex.join(c)}`" for c in payload["commands"]]
+            ),
             f"- recipe: bench/quality/config.yaml{''.join(' ' + o for o in plan.overrides)}: "
             f"{cfg.model.kind} hidden {cfg.model.hidden} x {cfg.model.layers}, dropout {cfg.model.dropout}, "
             f"{cfg.optim.name} lr {cfg.optim.lr} wd {cfg.optim.weight_decay}, {cfg.optim.schedule} schedule "
@@ -214,10 +228,35 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def merged(ours: dict[str, Any], theirs: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The runs of two results.json of one recipe (the same config overrides), in the plan's order."""
+    recipe = [_parser().parse_args(p["command"][3:]).overrides for p in (ours, theirs)]
+    if recipe[0] != recipe[1]:
+        raise ValueError(
+            f"--merge {source}: its runs used the overrides {recipe[1]}, ours {recipe[0]}: not one recipe"
+        )
+    runs = {(r["split"], r["row"], r["seed"]): r for r in [*ours["runs"], *theirs["runs"]]}
+    order = {(split, row.name): i for i, (split, rows) in enumerate(ROWS.items()) for row in rows}
+    return {
+        **ours,
+        "runs": sorted(runs.values(), key=lambda r: (order.get((r["split"], r["row"]), 1 << 30), r["seed"])),
+        "commands": [*ours.get("commands", [ours["command"]]), *theirs.get("commands", [theirs["command"]])],
+        "seconds": ours.get("seconds", 0.0) + theirs.get("seconds", 0.0),
+        "complete": ours.get("complete", False) and theirs.get("complete", False),
+        "demo": ours.get("demo") or theirs.get("demo"),
+    }
+
+
 def report_only(args: argparse.Namespace) -> int:
     """RESULTS.md and PNGs again from results.json, with the header of the command that made it."""
     results = args.results or (args.work / "results" if args.quick else RESULTS_DIR)
     payload = json.loads((results / "results.json").read_text())
+    for source in args.merge:
+        try:
+            theirs = json.loads(source.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--merge {source}: not a readable results.json ({exc})") from exc
+        payload = merged(payload, theirs, source)
     argv = payload["command"][3:]
     plan = Plan(_parser().parse_args(argv))
     seconds = payload.get("seconds", 0.0)
@@ -231,6 +270,9 @@ def report_only(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.merge and not args.report_only:
+        print("crosscity bench quality: --merge works with --report-only only", file=sys.stderr)
+        return 2
     try:
         return report_only(args) if args.report_only else run(args, argv)
     except (ConfigError, ValueError) as exc:
