@@ -18,8 +18,9 @@ events with their bytes). Per fault, from the moment it was injected:
 
 A city is *under a fault* from the injection until it is back in a quorum. The longest healthy
 pause is the largest gap between two consecutive steps (validation passes subtracted) of a city not
-under a fault at that time. Goodput: the run's sample budget (every rank's steps x batch) over the
-wall time from the first step to the last; work redone after a kill is computed but not counted.
+under a fault at that time. Goodput: the samples the run trained (each rank's count in its final
+state: work redone after a kill counts once, steps skipped by catch-up not at all) over the wall
+time from the first step to the last.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class Pause:
 @dataclass
 class RunStats:
     wall_s: float  # first step to last step
-    budget_samples: int  # every rank's steps x batch: what the run is for
-    computed_samples: int  # including steps redone after a kill
+    trained_samples: int  # in every rank's final state: steps skipped by catch-up not, redone ones once
+    computed_samples: int  # every step computed, also those redone after a kill
     final_rmse: float | None
     wan_bytes: int  # accounted: bytes_sent of every rank's wan records
     heal_bytes: int  # the heal events' bytes (fetching the global model after a restart)
@@ -78,7 +79,7 @@ class RunStats:
 
     @property
     def goodput(self) -> float:
-        return self.budget_samples / max(self.wall_s, 1e-9)
+        return self.trained_samples / max(self.wall_s, 1e-9)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def run_stats(run_dir: Path, results: list[FaultResult] | None = None) -> RunSta
                 pause = Pause(seconds, city, a, step)
     return RunStats(
         wall_s=last - first,
-        budget_samples=sum(final_samples.values()),
+        trained_samples=sum(final_samples.values()),
         computed_samples=len(train) * batch,
         final_rmse=summary.get("overall", {}).get("val_rmse"),
         wan_bytes=sum(r["bytes_sent"] for r in records if r["kind"] == "wan"),

@@ -72,7 +72,7 @@ def run_table(runs: list[ChaosRun]) -> str:
     rows = [
         "| run | exit | wall (min) | training: first to last step (s) | goodput (samples/s) | final val RMSE "
         "| WAN bytes sent (MB, accounted) | wire bytes (MB, cities / hub) | healing (MB, heals) "
-        "| rounds committed / skipped | longest healthy pause (s) | samples computed / budget | load avg |",
+        "| rounds committed / skipped | longest healthy pause (s) | samples computed / trained | load avg |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
@@ -87,7 +87,7 @@ def run_table(runs: list[ChaosRun]) -> str:
             f"| {run.label} | {run.exit_code} | {run.seconds / 60:.1f} | {s.wall_s:.0f} | {s.goodput:,.0f} "
             f"| {rmse} | {mb(s.wan_bytes)} | {mb(sum(run.wire_bytes))} / {mb(run.hub_bytes)} "
             f"| {mb(s.heal_bytes)} ({s.heals}) | {s.rounds} / {s.skipped} | {pause} "
-            f"| {s.computed_samples / max(s.budget_samples, 1):.3f} | {_load(run)} |"
+            f"| {s.computed_samples / max(s.trained_samples, 1):.3f} | {_load(run)} |"
         )
     return "\n".join(rows)
 
