@@ -77,7 +77,16 @@ def _main_table(split: str, rows: dict[str, dict[str, Any]]) -> str:
     any_row = next(iter(rows.values()))
     cities = list(any_row["test_cities"])
     pooled = rows.get("pooled")
-    head = ["row", "val RMSE", "test RMSE", "test MAE", "test vs pooled", "24 h test RMSE", "24 h skill"]
+    head = [
+        "row",
+        "seeds",
+        "val RMSE",
+        "test RMSE",
+        "test MAE",
+        "test vs pooled",
+        "24 h test RMSE",
+        "24 h skill",
+    ]
     head += [f"{c} test" for c in cities] + ["final step", "WAN MB", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for name, r in rows.items():
@@ -85,6 +94,7 @@ def _main_table(split: str, rows: dict[str, dict[str, Any]]) -> str:
         h24, p24 = r["test_by_hour"][-1], r["test_persistence_by_hour"][-1]
         cells = [
             name,
+            str(len(r["seeds"])),
             _pm(r["val_rmse"]),
             _pm(r["test_rmse"]),
             _pm(r["test_mae"]),
@@ -100,6 +110,7 @@ def _main_table(split: str, rows: dict[str, dict[str, Any]]) -> str:
     p = any_row
     persistence = [
         "persistence",
+        "-",
         f"{_mean(p['val_persistence_rmse']):.2f}",
         f"{_mean(p['test_persistence_rmse']):.2f}",
         f"{_mean(p['test_persistence_mae']):.2f}",
@@ -244,8 +255,8 @@ def write_results(
         parts += [
             f"## Split `{split}`: {SPLIT_NOTES.get(split, split)}",
             "",
-            f"Overall (all cities' windows pooled), mean ± std over {seeds} seed(s); per-city columns: "
-            "test RMSE. 24 h: RMSE at forecast hour 24 and its skill vs persistence "
+            f"Overall (all cities' windows pooled), mean ± std over the row's seeds (up to {seeds}); "
+            "per-city columns: test RMSE. 24 h: RMSE at forecast hour 24 and its skill vs persistence "
             "(1 - RMSE / persistence RMSE).",
             "",
             _main_table(split, rows),
