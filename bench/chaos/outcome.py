@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class RunStats:
     rounds: int  # committed at the coordinator (all fragments)
     skipped: int
     longest_pause: Pause = field(default_factory=Pause)  # of a city not under a fault
+    median_compute_s: float = 0.0  # median t_compute of every step: how fast the host was in this run
 
     @property
     def goodput(self) -> float:
@@ -230,6 +232,7 @@ def run_stats(run_dir: Path, results: list[FaultResult] | None = None) -> RunSta
         rounds=sum(e["event"] == "round" for e in events),
         skipped=sum(e["event"] == "round_skipped" for e in events),
         longest_pause=pause,
+        median_compute_s=statistics.median(r["t_compute"] for r in train),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crosscity.bench.chaos.faults import Fault, Injector, PlanShape, plan_faults
+from crosscity.bench.chaos.faults import Fault, Injector, PlanShape, plan_faults, read_events
 from crosscity.bench.chaos.outcome import ChaosRun, analyse
 from crosscity.bench.chaos.results_report import write_results
 from crosscity.bench.wan.city_cpu import CityCpu, CityCpuError, auto_cpus
@@ -159,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--span-s", type=float, default=PlanShape.span_s, help="faults planned up to this many s")
     p.add_argument("--city-cpus", default="auto", help="CPU quota per city (as bench wan); 0 = shared cores")
     p.add_argument("--no-reference", action="store_true", help="skip the fault-free run")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild RESULTS.md from results.json and the run directories under --out (no run, no root)",
+    )
     p.add_argument("--data", type=Path, default=Path("runs/bench_wan/data"), help="prepared Beijing data")
     p.add_argument("--out", type=Path, default=Path("runs/bench_chaos"))
     p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md; results.json goes beside it")
@@ -168,9 +174,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def report_only(out: Path, results: Path) -> int:
+    """RESULTS.md again from what the last bench left: its results.json (the command, each run's
+    faults with their injection times) and its run directories, analysed afresh."""
+    data = json.loads((results.with_name("results.json")).read_text())
+    argv = data["command"].split()[3:]
+    args = _parser().parse_args(argv)
+    runs = []
+    for r in data["runs"]:
+        faults = [Fault(**{k: f[k] for k in Fault.__dataclass_fields__}) for f in r["faults"]]
+        found, stats = analyse(out / r["label"], faults)
+        started = r.get("started") or next(
+            (e["time"] for e in read_events(out / r["label"]) if e["event"] == "start"), None
+        )
+        runs.append(
+            ChaosRun(
+                r["label"],
+                r["exit_code"],
+                r["seconds"],
+                faults,
+                found,
+                stats,
+                r["wire_bytes"],
+                r["hub_bytes"],
+                started,
+                r["load_avg"],
+            )
+        )
+    when = datetime.strptime(data["date"], "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC)
+    args.out = out
+    write_results(results, argv, args, runs, data["overrides"], when)
+    print(f"[chaos] rebuilt {results} from {results.with_name('results.json')} and {out}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.report_only:
+        try:
+            return report_only(args.out, args.results)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"crosscity bench chaos --report-only: {exc}", file=sys.stderr)
+            return 2
     try:
         cpus = auto_cpus(args.cities) if args.city_cpus == "auto" else float(args.city_cpus)
         cpu = CityCpu(args.cities, cpus, name=CGROUP) if cpus != 0 else None
