@@ -602,6 +602,20 @@ class Coordinator:
             for rnd in list(self.forming.values()):
                 self._advance(rnd)
 
+    def revoked(self, peer: tls.Peer) -> None:
+        """The CRL now lists a city whose connections were live (the service closed them): it leaves
+        the run now, so no round waits for it; it cannot come back with that certificate."""
+        with self.cond:
+            city = self.names.index(peer.name) if self.names and peer.name in self.names else None
+            self.event("revoked", city=city, name=peer.name, serial=f"{peer.serial:x}")
+            record = self.members.cities.get(city) if city is not None else None
+            if city is None or record is None or record.state in ("left", "finished"):
+                return
+            self.members.leave(city, False)
+            self.audit.leave(peer.name, "revoked", fingerprint=peer.fingerprint_sha256)
+            self._save()
+            self.cond.notify_all()
+
     def request_stop(self) -> None:
         """Stop the run at a round every city takes part in: its participants are told in the reply,
         checkpoint right after merging it and leave; running the same command again resumes exactly."""
