@@ -29,12 +29,12 @@ import torch.distributed as dist
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from crosscity.config import Config, load_config
+from crosscity.core.best_model import BestModel
 from crosscity.core.exit_codes import EXIT_REQUEUE
 from crosscity.core.forecast_scores import pool_metrics
 from crosscity.core.rank_pids import write_pid_file
 from crosscity.data_prep.run_checks import resolve_cities
 from crosscity.data_prep.verify import full_check, quick_check
-from crosscity.train.best_model import BestModel
 from crosscity.train.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -384,15 +384,16 @@ class Trainer:
                 self.save()
             last = self.state.step == cfg.train.steps  # _finish validates the final model
             due = cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0 and not last
-            if due and self.validate():
+            if (due and self.validate()) or self.sync.finish_early():
                 self.log.write("event", event="early_stop", message=f"stopped at step {self.state.step}")
                 break
         return self._finish(time.perf_counter() - t_start)
 
     def validate(self) -> bool:
         """A validation pass of the global model, recorded for the best-model choice at the end
-        (launch/report/summary.py pools every city's passes); with train.patience (a world over every
-        city), the pooled RMSE decides here whether to stop: True."""
+        (launch/report/summary.py pools every city's passes). With train.patience, the pooled RMSE
+        decides whether to stop: here (True) in a world over every city; for the federated algorithms
+        at the coordinator, which the city's sums go to (the answer comes as `sync.finish_early`)."""
         sums = self.evaluate_city()
         entry: dict[str, Any] = {"step": self.state.step, "sums": sums if self.topo.local_rank == 0 else None}
         entry.update(self._new_hours())
@@ -405,6 +406,10 @@ class Trainer:
             with self._params(self.sync.global_params()):
                 write_candidate(self.run_dir, self.cfg, self.state.step, self.model)
         if not self.cfg.train.patience:
+            return False
+        if not self.sync.spans_world:
+            if self.topo.local_rank == 0:
+                self.sync.report_validation(self.state.step, sums)
             return False
         pooled = pool_metrics([self.pooled_validation(sums)])
         return self.best.update(self.state.step, pooled["rmse"]).stop

@@ -415,20 +415,6 @@ def _patience_eval(cfg: Config) -> str | None:
     return None
 
 
-@rule("early_stopping_needs_world", "train.patience", "wan.algorithm")
-def _patience_world(cfg: Config) -> str | None:
-    """Stopping early is one decision for every city, taken during training from all cities' validation:
-    only a world over every city pools it as it goes (the best model is chosen at the end for all)."""
-    if cfg.train.patience and cfg.wan.algorithm not in WORLD_ALGORITHMS:
-        return (
-            f"train.patience={cfg.train.patience} with wan.algorithm={cfg.wan.algorithm!r}: early stopping "
-            "pools every city's validation during training, which only the world-spanning baselines "
-            f"({', '.join(WORLD_ALGORITHMS)}) do; the federated algorithms still keep the best model "
-            "(train.final_model=best, chosen from the pooled validation at the end)"
-        )
-    return None
-
-
 MODEL_SHAPE = (
     "model.kind",
     "model.hidden",

@@ -128,7 +128,7 @@ class TrainConfig:
     max_city_restarts: int = 10  # local launcher: restarts of a failed city before the run gives up on it
     fork_server: bool = True  # local launcher: fork each city's ranks from one process that imported torch
     final_model: Literal["best", "last"] = "best"  # final/model.pt: lowest pooled val RMSE, or the last
-    patience: int = 0  # early stopping (flat, torch_hierarchical): evaluations without improvement (0 = off)
+    patience: int = 0  # early stopping: validation passes without improvement of the pooled RMSE (0 = off)
     min_delta: float = 0.0  # ug/m3 the pooled val RMSE must drop by to count as an improvement
     init_from: str = ""  # RUN_DIR of a finished run: start from its final model (docs/model_quality.md)
 

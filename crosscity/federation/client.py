@@ -136,6 +136,7 @@ class CityStatus:
     step: int = 0
     state: str = "training"
     versions: list[int] | None = None
+    validation: tuple[int, dict[str, float]] | None = None  # the last pass not yet delivered (step, sums)
 
 
 class CityAgent:
@@ -207,6 +208,7 @@ class CityAgent:
                     gone = time.monotonic() - self.down_since
                     self.log(f"[city {self.beat.city}] coordinator back after {gone:.1f} s")
                 self.down_since = None
+                self._deliver_validation()
             except Unreachable:
                 if self.down_since is None:
                     self.down_since = time.monotonic()
@@ -217,6 +219,25 @@ class CityAgent:
                     self.log(f"[city {self.beat.city}] registered again with the coordinator")
                 except (Unreachable, Refused) as exc:
                     self.log(f"[city {self.beat.city}] re-registration failed: {exc}")
+
+    def report_validation(self, step: int, sums: dict[str, float]) -> None:
+        """Hand a validation pass to the heartbeat thread (the trainer never waits on the WAN for it);
+        one not delivered yet is replaced by the newer one."""
+        self.status.validation = (step, dict(sums))
+
+    def _deliver_validation(self) -> None:
+        pending = self.status.validation
+        if pending is None:
+            return
+        try:
+            self.beat.call(
+                Message(p.VALIDATION, {"step": pending[0], "sums": pending[1]}),
+                max(2 * self.heartbeat_s, 1.0),
+            )
+        except Refused as exc:
+            self.log(f"[city {self.beat.city}] validation pass at step {pending[0]} refused: {exc}")
+        if self.status.validation is pending:  # delivered or refused (Unreachable propagates: retried)
+            self.status.validation = None
 
     def final(self, metrics: dict, timeout_s: float) -> None:
         self.control.call(Message(p.FINAL, {"metrics": metrics}), timeout_s)

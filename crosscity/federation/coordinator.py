@@ -26,11 +26,13 @@ import numpy as np
 
 from crosscity.config import Config, load_config
 from crosscity.core.atomic_io import atomic_write, atomic_write_text
+from crosscity.core.best_model import BestModel
 from crosscity.federation import endpoints, tls
 from crosscity.federation import protocol as p
 from crosscity.federation.aggregate import EmptyRound, aggregate, l2_norm
 from crosscity.federation.audit import AuditLog
 from crosscity.federation.codecs import ErrorFeedback, check_input, make_codec
+from crosscity.federation.early_stop import EarlyStop, check_sums
 from crosscity.federation.layout import Layout
 from crosscity.federation.membership import Membership
 from crosscity.federation.outer import make_outer
@@ -97,6 +99,8 @@ class Coordinator:
         self.cond = threading.Condition()
         self.stopping = False  # shutting the service down
         self.stopping_run = False  # the run stops: every participant of the next rounds is told to
+        t = cfg.train
+        self.early = EarlyStop(self.cities, BestModel(t.patience, t.min_delta)) if t.patience else None
         self._load()
         if not (self.dir / STATE_FILE).is_file() and cfg.train.init_from:
             self._carry_outer(Path(cfg.train.init_from))
@@ -213,6 +217,7 @@ class Coordinator:
             p.HEARTBEAT: self._heartbeat,
             p.EXCHANGE: self._exchange,
             p.FETCH: self._fetch,
+            p.VALIDATION: self._validation,
             p.FINAL: self._final,
             p.LEAVE: self._leave,
         }.get(msg.kind)
@@ -279,6 +284,26 @@ class Coordinator:
             self.audit.leave(self.city_name(city), msg.fields["reason"])
             self._save()
             self.cond.notify_all()
+        return Message(p.OK)
+
+    def _validation(self, city: int, rank: int, msg: Message) -> Message:
+        """A city's validation pass: pooled per step for early stopping (federation/early_stop.py)."""
+        try:
+            sums = check_sums(msg.fields["sums"])
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        if rank != 0 or msg.fields["step"] < 0:
+            raise RequestError(f"validation from rank {rank} at step {msg.fields['step']}: rank 0, step >= 0")
+        if self.early is None:
+            return Message(p.OK)
+        with self.cond:
+            decided = self.early.report(city, msg.fields["step"], sums)
+            for step, rmse, decision in decided:
+                self.event("validation", step=step, rmse=round(rmse, 4), best_step=self.early.best.best_step)
+                if decision.stop:
+                    self.event("early_stop", step=step, best_step=self.early.best.best_step)
+            if decided:
+                self._save()
         return Message(p.OK)
 
     def _final(self, city: int, rank: int, msg: Message) -> Message:
@@ -547,6 +572,7 @@ class Coordinator:
             "mode": mode,
             "committed_attempt": self.committed_attempt.get(city, {}).get(rnd.fragment, -1),
             "stop": self.stopping_run and status == p.COMMITTED,
+            "finish": self.early is not None and self.early.stop_step is not None and status == p.COMMITTED,
             "reason": reason,
             "fleet_step": self._fleet_step(city),
         }
@@ -602,6 +628,20 @@ class Coordinator:
             for rnd in list(self.forming.values()):
                 self._advance(rnd)
 
+    def revoked(self, peer: tls.Peer) -> None:
+        """The CRL now lists a city whose connections were live (the service closed them): it leaves
+        the run now, so no round waits for it; it cannot come back with that certificate."""
+        with self.cond:
+            city = self.names.index(peer.name) if self.names and peer.name in self.names else None
+            self.event("revoked", city=city, name=peer.name, serial=f"{peer.serial:x}")
+            record = self.members.cities.get(city) if city is not None else None
+            if city is None or record is None or record.state in ("left", "finished"):
+                return
+            self.members.leave(city, False)
+            self.audit.leave(peer.name, "revoked", fingerprint=peer.fingerprint_sha256)
+            self._save()
+            self.cond.notify_all()
+
     def request_stop(self) -> None:
         """Stop the run at a round every city takes part in: its participants are told in the reply,
         checkpoint right after merging it and leave; running the same command again resumes exactly."""
@@ -630,6 +670,7 @@ class Coordinator:
             "refused",
             "bad_message",
             "stop_requested",
+            "early_stop",
         ):
             print(f"[coordinator] {kind} {json.dumps(fields)}", flush=True)
 
@@ -661,6 +702,7 @@ class Coordinator:
             "committed_attempt": self.committed_attempt,
             "took_part": self.took_part,
             "finals": self.finals,
+            "early_stop": self.early.state_dict() if self.early else None,
         }
         atomic_write_text(self.dir / STATE_FILE, json.dumps(state, indent=1))
         for old in self.dir.glob("state-*.npz"):
@@ -701,6 +743,8 @@ class Coordinator:
         }
         self.took_part = {int(c): {int(f): v for f, v in d.items()} for c, d in state["took_part"].items()}
         self.finals = {int(c): m for c, m in state["finals"].items()}
+        if self.early is not None and state.get("early_stop"):
+            self.early.load_state_dict(state["early_stop"])
         self.event("restored", generation=self.state_generation, versions=self._versions())
 
     def _carry_outer(self, source: Path) -> None:

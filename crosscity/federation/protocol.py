@@ -1,9 +1,10 @@
 """The messages between a city's ranks and the coordinator, and what each field means.
 
 Every connection starts with `hello` (which city and rank this is; with TLS the coordinator checks it
-against the certificate). Local rank 0 of a city then `register`s the city, `heartbeat`s, and at the
-end sends `final` and `leave`; every rank carries its stripe of the model in `exchange`, `initial`
-and `fetch`. Each request gets exactly one reply (or `error`). Fields are checked against these
+against the certificate). Local rank 0 of a city then `register`s the city, `heartbeat`s (with early
+stopping, also its `validation` passes), and at the end sends `final` and `leave`; every rank carries
+its stripe of the model in `exchange`, `initial` and `fetch`. Each request gets exactly one reply (or
+`error`). Fields are checked against these
 declarations by the wire layer before anything reads them.
 """
 
@@ -36,6 +37,9 @@ EXCHANGE = message_kind(
     steps=int,  # inner steps since the city's last round of this fragment (capped by the coordinator)
 )  # + [codec payload of the pseudo-gradient stripe] (+ [codec payload of SCAFFOLD's delta c_i stripe])
 FETCH = message_kind("fetch", fragment=int, stripe=int)
+VALIDATION = message_kind("validation", step=int, sums=dict)
+# sums: the city's validation pass at `step` (early_stop.SUM_KEYS); with train.patience the coordinator
+# pools them per step and ends the run (`finish`); otherwise it ignores them.
 FINAL = message_kind("final", metrics=dict)
 LEAVE = message_kind("leave", reason=str)
 
@@ -57,6 +61,7 @@ ROUND = message_kind(
     # (+ with SCAFFOLD: the codec payload of the stripe of the coordinator's control variate c)
     committed_attempt=int,  # this city's last upload of the fragment that took effect (-1: none)
     stop=bool,  # the run is being stopped: checkpoint right after merging this round (exact resume)
+    finish=bool,  # early stopping (train.patience): end the run right after merging this round
     reason=str,
     fleet_step=int,  # as in `start`
 )

@@ -16,6 +16,8 @@ from crosscity.config import load_config
 from crosscity.core.atomic_io import atomic_write_text
 from crosscity.federation.coordinator import TICK_S, Coordinator
 from crosscity.federation.endpoints import INSECURE_WARNING, coordinator_endpoint, run_certs
+from crosscity.federation.tls import Peer as Identity
+from crosscity.federation.tls import TlsContext
 from crosscity.federation.transport import Server, TlsEndpoint
 
 COORDINATOR_FILE = "coordinator.json"
@@ -29,6 +31,24 @@ def read_address(run_dir: Path) -> tuple[str, int]:
         return str(info["host"]), int(info["port"])
     except (ValueError, KeyError, TypeError) as exc:
         raise OSError(f"{path}: not a coordinator address ({exc})") from None
+
+
+def _drop_revoked(server: Server, endpoint: TlsEndpoint, coordinator: Coordinator) -> None:
+    """A `crosscity certs revoke` takes effect within a tick, not at the city's next reconnect: its
+    live connections are closed and it leaves the run (new handshakes check the CRL themselves)."""
+    if not isinstance(endpoint.context, TlsContext):
+        return
+    try:
+        serials = endpoint.context.revoked_serials_if_changed()
+    except (OSError, ValueError) as exc:  # mid-rewrite or broken: new handshakes fail closed meanwhile
+        print(f"[coordinator] revocation list unreadable ({exc}); retrying", flush=True)
+        return
+    if not serials:
+        return
+    dropped = server.close_where(lambda p: isinstance(p.identity, Identity) and p.identity.serial in serials)
+    for who in {p.identity.name: p.identity for p in dropped if isinstance(p.identity, Identity)}.values():
+        print(f"[coordinator] {who.role} {who.name!r} revoked: its connections are closed", flush=True)
+        coordinator.revoked(who)
 
 
 def serve(
@@ -62,6 +82,8 @@ def serve(
             if stop_run is not None and stop_run.is_set():
                 coordinator.request_stop()
             coordinator.tick()
+            if tls is not None:
+                _drop_revoked(server, tls, coordinator)
             if coordinator.finished():
                 print("[coordinator] every city finished", flush=True)
                 break

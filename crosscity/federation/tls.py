@@ -75,7 +75,7 @@ class TlsContext(ssl.SSLContext):
     def __init__(self, kit: Kit, server_side: bool) -> None:
         self.kit, self._server_side = kit, server_side
         self._lock = threading.Lock()
-        self._crl_seen = _signature(kit.crl)
+        self._crl_seen = self._watched = _signature(kit.crl)
         _configure(self, kit, server_side)
         self._active: ssl.SSLContext = self
 
@@ -92,10 +92,16 @@ class TlsContext(ssl.SSLContext):
                 log.info("TLS: re-read the revocation list %s", self.kit.crl)
             return self._active
 
-    def is_revoked(self, peer: Peer) -> bool:
-        """Whether the CRL on disk now lists this peer: lets the coordinator drop live connections."""
+    def revoked_serials_if_changed(self) -> set[int] | None:
+        """The serials the CRL on disk lists, if the file changed since the last call (else None): one
+        stat per call, so the coordinator can drop the live connections of a city revoked meanwhile.
+        An unreadable CRL raises OSError/ValueError and counts as unchanged (the next call retries)."""
+        seen = _signature(self.kit.crl)
+        if seen == self._watched:
+            return None
         crl = x509.load_pem_x509_crl(self.kit.crl.read_bytes())
-        return crl.get_revoked_certificate_by_serial_number(peer.serial) is not None
+        self._watched = seen
+        return {entry.serial_number for entry in crl}
 
     def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
         active = self.current()

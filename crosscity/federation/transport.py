@@ -202,6 +202,14 @@ class Server:
             with self._lock:
                 self.connections.discard(conn)
 
+    def close_where(self, doomed: Callable[[Peer], bool]) -> list[Peer]:
+        """Closes the live connections whose peer is doomed (their handlers see the connection lost)."""
+        with self._lock:
+            hit = [conn for conn in self.connections if doomed(conn.peer)]
+        for conn in hit:
+            conn.close()
+        return [conn.peer for conn in hit]
+
     def stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(OSError):

@@ -91,3 +91,23 @@ def test_early_stopping_ends_training_and_keeps_the_best_model(small_dataset: Pa
     passes = [rec["step"] for rec in chosen["passes"]]
     assert passes[-1] == chosen["last_step"] and chosen["step"] == chosen["last_step"] - 10
     assert any(e["event"] == "early_stop" for e in read_records(run_dir, "event"))
+
+
+def test_federated_early_stopping_is_decided_at_the_coordinator(small_dataset: Path, tmp_path: Path) -> None:
+    """diloco: each city reports its passes; with min_delta beyond reach the pass at step 20 is the
+    first without improvement, the coordinator ends the run there and every city stops at its next
+    committed round."""
+    run_dir = tmp_path / "run"
+    overrides = [*RUN, "wan.algorithm=diloco", "wan.sync_every=5", "train.steps=400", "train.patience=1"]
+    overrides += ["train.min_delta=1000"]
+    r = crosscity("run", str(CONFIG), f"data.dir={small_dataset}", *overrides, f"train.run_dir={run_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [
+        json.loads(line) for line in (run_dir / "coordinator" / "events.jsonl").read_text().splitlines()
+    ]
+    [stop] = [e for e in events if e["event"] == "early_stop"]
+    assert (stop["step"], stop["best_step"]) == (20, 10)
+    chosen = json.loads((run_dir / "summary.json").read_text())["final_model"]
+    assert chosen["stopped_early"] and 20 <= chosen["last_step"] < 400
+    stopped = [e for e in read_records(run_dir, "event") if e["event"] == "early_stop"]
+    assert {e["city"] for e in stopped} == {0, 1}  # every city ended on the coordinator's word

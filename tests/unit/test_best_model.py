@@ -1,10 +1,10 @@
-"""Validation-based model selection and early stopping (train/best_model.py)."""
+"""Validation-based model selection and early stopping (crosscity/core/best_model.py)."""
 
 from __future__ import annotations
 
 import math
 
-from crosscity.train.best_model import BestModel
+from crosscity.core.best_model import BestModel
 
 
 def test_keeps_the_lowest_rmse_and_stops_after_patience_evaluations_without_improvement() -> None:

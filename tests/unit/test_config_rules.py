@@ -155,11 +155,6 @@ ROWS = [
         "train.patience=3 needs validation passes: set train.eval_every > 0",
     ),
     Row(
-        "early_stopping_needs_world",
-        ["train.patience=3"],
-        "train.patience=3 with wan.algorithm='diloco': early stopping pools every city's validation",
-    ),
-    Row(
         "init_from_is_a_finished_run_of_this_shape",
         ["train.init_from=/nonexistent/run"],
         "train.init_from=/nonexistent/run: no final/model.pt and config.yaml there",

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crosscity.federation import certs
 from crosscity.federation import protocol as p
 from crosscity.federation.audit import verify
-from crosscity.federation.client import Refused
+from crosscity.federation.client import Refused, Unreachable
+from crosscity.federation.endpoints import certs_dir
 from crosscity.federation.wire import Message
 from tests.helpers.federation import CoordinatorThread, ScriptedCity, global_of, run_config
 from tests.unit.test_federation_outer import reference
@@ -204,6 +206,31 @@ def test_bad_requests_are_refused_with_a_reason(tmp_path: Path) -> None:
         other_model.fields.update(versions=[0], step=0)
         with pytest.raises(Refused, match="another model config"):
             group[1].agent.control.call(other_model, 10)
+    finally:
+        for city in locals().get("group", []):
+            city.close()
+        service.stop()
+
+
+def test_a_city_revoked_mid_run_is_cut_off_at_once_and_not_waited_for(tmp_path: Path) -> None:
+    cfg = run_config(tmp_path, 3, 1, "wan.algorithm=average", "wan.min_cities=2", "wan.round_timeout_s=30")
+    service = CoordinatorThread(tmp_path)
+    try:
+        group = started(tmp_path, cfg, 3)
+        certs.revoke(certs_dir(cfg, tmp_path), "city2")  # the operator: `crosscity certs revoke DIR city2`
+        start = time.monotonic()
+        with pytest.raises((Unreachable, Refused)):  # its open link is closed; a new handshake is refused
+            for _ in range(100):
+                group[2].links[0].call(Message(p.FETCH, {"fragment": 0, "stripe": 0}), 5)
+                time.sleep(0.05)
+        assert time.monotonic() - start < 5.0, "the revocation took effect within ticks, not at a reconnect"
+        replies = all_exchange(group[:2], [np.ones(N, np.float32), 3 * np.ones(N, np.float32)], 0)
+        assert replies[0][0].fields["participants"] == [0, 1]
+        assert time.monotonic() - start < cfg.wan.round_timeout_s, "the round did not wait for city 2"
+        records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        left = [(r["fields"]["city"], r["fields"]["reason"]) for r in records if r["event"] == "leave"]
+        assert left == [("city2", "revoked")]
+        assert verify(tmp_path / "audit.jsonl").ok
     finally:
         for city in locals().get("group", []):
             city.close()

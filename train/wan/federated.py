@@ -109,6 +109,7 @@ class FederatedSync(InterCitySync):
         self.heal_bytes = 0
         self.final_local = False  # ended on its own model: the coordinator was away at the end
         self.run_stops = False  # the coordinator said so in a round's reply
+        self.run_finishes = False  # early stopping: the coordinator said so in a round's reply
         self.fleet_step = -1  # how far the other cities are, from the last replies (agreed in the city)
         self.skip_to: int | None = None  # catch-up: where the trainer's step jumps (take_skip_to)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wan-exchange")
@@ -279,6 +280,13 @@ class FederatedSync(InterCitySync):
     def holds_global_model(self) -> bool:
         return not self.final_local
 
+    def report_validation(self, step: int, sums: dict[str, float]) -> None:
+        if self.agent is not None:
+            self.agent.report_validation(step, sums)
+
+    def finish_early(self) -> bool:
+        return self.run_finishes  # set from a round every rank of the city committed: they agree
+
     def report_final(self, result: dict[str, Any]) -> None:
         if self.agent is None:
             return
@@ -389,6 +397,7 @@ class FederatedSync(InterCitySync):
             self._apply(f, job, self._stripe_result(f, reply), reply.fields["version"])
             self._commit_control(f, reply)
             self.run_stops = self.run_stops or reply.fields["stop"]
+            self.run_finishes = self.run_finishes or reply.fields["finish"]
             status = p.COMMITTED
         elif votes[1] == ranks and votes[0] == 0:  # all answered, none committed: nothing moved
             self._give_back(f, job)

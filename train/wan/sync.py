@@ -110,6 +110,14 @@ class InterCitySync(ABC):
         """End of training: the final round, so every city ends with the same parameters."""
         return None
 
+    def report_validation(self, step: int, sums: dict[str, float]) -> None:  # noqa: B027 - federated only
+        """Local rank 0: this city's validation pass, for the coordinator's early stopping."""
+
+    def finish_early(self) -> bool:
+        """Has the run's early stopping (the coordinator's, train.patience) ended training? The same
+        answer on every rank of the city."""
+        return False
+
     def holds_global_model(self) -> bool:
         """May this city write the run's final model? The baselines end equal everywhere: city 0 does."""
         return self.topo.city == 0

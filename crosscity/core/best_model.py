@@ -1,9 +1,10 @@
 """Validation-based model selection and early stopping: which evaluation's model the run keeps, and
 when further training stops paying off.
 
-Pure decision logic, fed one pooled validation RMSE per evaluation step. Every rank feeds it the same
-number (the trainer pools the cities' sums over the world first), so every rank takes the same
-decision at the same step without another exchange.
+Pure decision logic, fed one pooled validation RMSE per evaluation step: in every rank of the
+world-spanning baselines (the trainer pools the cities' sums over the world first, so every rank takes
+the same decision at the same step), and in the coordinator for the federated algorithms (it pools the
+sums the cities report and tells them in a round's reply).
 """
 
 from __future__ import annotations
