@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crosscity.federation import protocol as p
 from crosscity.federation import tls
@@ -23,6 +23,9 @@ from crosscity.federation.transport import Connection, ConnectionLost, TlsEndpoi
 from crosscity.federation.wire import Message, WireError
 
 Locate = Callable[[], tuple[str, int]]  # where the coordinator is now (raises OSError if unknown)
+
+
+MAX_PENDING_PASSES = 64  # validation passes a city keeps for the coordinator while it is away
 
 
 class Unreachable(ConnectionError):
@@ -136,7 +139,7 @@ class CityStatus:
     step: int = 0
     state: str = "training"
     versions: list[int] | None = None
-    validation: tuple[int, dict[str, float]] | None = None  # the last pass not yet delivered (step, sums)
+    validation: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # passes not delivered yet
 
 
 class CityAgent:
@@ -160,6 +163,7 @@ class CityAgent:
         self.down_since: float | None = None  # monotonic time of the first failed heartbeat of an outage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._passes_lock = threading.Lock()  # status.validation: the trainer adds, the heartbeat sends
 
     def register(self, versions: list[int], step: int, initial_sha: str, timeout_s: float) -> Message:
         """Register (retrying while the coordinator is unreachable, up to timeout_s)."""
@@ -222,22 +226,20 @@ class CityAgent:
 
     def report_validation(self, step: int, sums: dict[str, float]) -> None:
         """Hand a validation pass to the heartbeat thread (the trainer never waits on the WAN for it);
-        one not delivered yet is replaced by the newer one."""
-        self.status.validation = (step, dict(sums))
+        the passes wait in order, the last MAX_PENDING_PASSES of them, while the coordinator is away."""
+        with self._passes_lock:
+            self.status.validation = [*self.status.validation, (step, dict(sums))][-MAX_PENDING_PASSES:]
 
     def _deliver_validation(self) -> None:
-        pending = self.status.validation
-        if pending is None:
-            return
-        try:
-            self.beat.call(
-                Message(p.VALIDATION, {"step": pending[0], "sums": pending[1]}),
-                max(2 * self.heartbeat_s, 1.0),
-            )
-        except Refused as exc:
-            self.log(f"[city {self.beat.city}] validation pass at step {pending[0]} refused: {exc}")
-        if self.status.validation is pending:  # delivered or refused (Unreachable propagates: retried)
-            self.status.validation = None
+        while self.status.validation:
+            step, sums = self.status.validation[0]
+            try:
+                msg = Message(p.VALIDATION, {"step": step, "sums": sums})
+                self.beat.call(msg, max(2 * self.heartbeat_s, 1.0))
+            except Refused as exc:
+                self.log(f"[city {self.beat.city}] validation pass at step {step} refused: {exc}")
+            with self._passes_lock:  # delivered or refused (Unreachable propagates: kept for the next beat)
+                self.status.validation = [v for v in self.status.validation if v[0] != step]
 
     def final(self, metrics: dict, timeout_s: float) -> None:
         self.control.call(Message(p.FINAL, {"metrics": metrics}), timeout_s)
