@@ -350,7 +350,9 @@ class Coordinator:
     def _gate_open(self) -> bool:
         if not self.globals:
             return False
-        if self.heartbeating:  # cities train with this process (it was restarted mid-run): join them
+        # Cities train with this process (it was restarted mid-run): join them. Only once the run has
+        # started: a city that heartbeats before its start (a malicious one) must not open the gate.
+        if self.started and self.heartbeating:
             return True
         unfinished = {
             c

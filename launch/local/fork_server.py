@@ -121,6 +121,7 @@ class ForkedProcess:
     def __init__(self, pid: int, server: ForkServer) -> None:
         self.pid, self.server = pid, server
         self.returncode: int | None = None
+        self.exit_order = 0  # 1, 2, ...: in which order the server's children ended
 
     def poll(self) -> int | None:
         return self.returncode
@@ -145,11 +146,18 @@ class ForkServer:
         self.changed = threading.Condition()
         self.children: dict[int, ForkedProcess] = {}
         self.pending: list[int] = []  # pids answered to spawn requests, in order
+        self.exits = 0
 
-    def spawn(self, argv: list[str], env: dict[str, str], log: Path) -> ForkedProcess:
+    def start(self) -> None:
+        """The server process, if not running yet (spawn starts it too): start every city's early, so
+        their imports overlap instead of queueing behind each other's first spawn."""
         with self.changed:
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
+
+    def spawn(self, argv: list[str], env: dict[str, str], log: Path) -> ForkedProcess:
+        self.start()
+        with self.changed:
             assert self.proc is not None and self.proc.stdin is not None
             self.proc.stdin.write((json.dumps({"argv": argv, "env": env, "log": str(log)}) + "\n").encode())
             self.proc.stdin.flush()
@@ -187,7 +195,9 @@ class ForkServer:
                     self.children[message["pid"]] = ForkedProcess(message["pid"], self)
                     self.pending.append(message["pid"])
                 else:
-                    self.children[message["exited"]].returncode = message["code"]
+                    child = self.children[message["exited"]]
+                    self.exits += 1
+                    child.returncode, child.exit_order = message["code"], self.exits
                 self.changed.notify_all()
         proc.wait()
         with self.changed:  # the server is gone, and its children with it (PR_SET_PDEATHSIG)

@@ -131,6 +131,12 @@ class LocalLauncher:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         return {**env, **(self.city_env(city) if self.city_env else {})}
 
+    def start_fork_servers(self, cities: list[int]) -> None:
+        """Before the first spawn: every city's fork server imports at the same time."""
+        if self.cfg.train.fork_server:
+            for city in cities:
+                self._fork_server(city).start()
+
     def _fork_server(self, city: int) -> ForkServer:
         if city not in self.fork_servers:
             self.fork_servers[city] = ForkServer(self._prefix(city), self._city_base_env(city), self.run_dir)
@@ -172,6 +178,7 @@ class FederatedLauncher:
         previous = {s: signal.signal(s, self._forward) for s in _stop_signals(self.cfg)} if main else {}
         try:
             self._start_coordinator()
+            self.l.start_fork_servers([c.index for c in self.cities])
             for city in self.cities:
                 self._start_city(city)
             while not all(c.done or c.gave_up for c in self.cities):
@@ -282,7 +289,7 @@ class FederatedLauncher:
         codes = city.exit_codes()
         failed = [(r, c) for r, c in zip(city.ranks, codes, strict=True) if c not in (None, 0, EXIT_REQUEUE)]
         if failed:
-            self._city_failed(city, *failed[0])
+            self._city_failed(city, *min(failed, key=lambda rc: _blame(rc[0])))
         elif all(c == 0 for c in codes):
             city.done = True
         elif all(c is not None for c in codes):  # checkpointed after the requeue signal
@@ -324,6 +331,7 @@ class WorldLauncher:
         store = host_store(self.l.store_host)
         env = {"MASTER_ADDR": self.l.store_host, "MASTER_PORT": str(store.port)}
         requeues = {c: 0 for c in range(self.cfg.topology.cities)}
+        self.l.start_fork_servers(list(range(self.cfg.topology.cities)))
         for city in range(self.cfg.topology.cities):
             for t in self.l.topologies(city):
                 self.l.spawn(t, env)
@@ -333,7 +341,8 @@ class WorldLauncher:
                 codes = {g: r.proc.poll() for g, r in ranks.items()}
                 failed = [g for g, c in codes.items() if c not in (None, 0, EXIT_REQUEUE)]
                 if failed:
-                    raise LaunchError(_failure_message(ranks[failed[0]], codes[failed[0]]))
+                    first = min(failed, key=lambda g: _blame(ranks[g]))
+                    raise LaunchError(_failure_message(ranks[first], codes[first]))
                 requeued = sorted({ranks[g].topo.city for g, c in codes.items() if c == EXIT_REQUEUE})
                 for city in requeued:
                     if not all(r.proc.poll() is not None for r in ranks.values() if r.topo.city == city):
@@ -393,7 +402,17 @@ def _stop_processes(procs: list[subprocess.Popen] | list[subprocess.Popen | Fork
 
 def _signal_group(proc: subprocess.Popen | ForkedProcess, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # a rank forked a moment ago, before its setsid: the process alone
+            os.kill(proc.pid, sig)
+
+
+def _blame(rank: RankProcess) -> tuple[bool, int, int]:
+    """Which of several failed ranks the message names: the cause, not the ranks that failed because
+    it did (their collective broke): one killed by a signal first, then the first to exit."""
+    code = rank.proc.poll()
+    return (code is None or code >= 0, getattr(rank.proc, "exit_order", 0), rank.topo.global_rank)
 
 
 def _how(code: int | None) -> str:

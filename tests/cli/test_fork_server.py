@@ -73,7 +73,7 @@ def test_a_killed_child_reads_as_sigkill_and_a_dead_server_takes_its_children(tm
 
         third = server.spawn(argv, env, tmp_path / "third.log")  # the next spawn starts a new server
         assert third.poll() is None and _alive(third.pid)
-        os.killpg(third.pid, signal.SIGKILL)
+        os.kill(third.pid, signal.SIGKILL)  # maybe before its setsid: no group of its own yet
         assert third.wait(timeout=30) == -signal.SIGKILL
     finally:
         server.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ from crosscity.bench.chaos.faults import (
     plan_faults,
 )
 from crosscity.bench.chaos.outcome import timelines
-from crosscity.bench.chaos.run_bench import METHOD, run_chaos
+from crosscity.bench.chaos.results_report import write_results
+from crosscity.bench.chaos.run_bench import METHOD, _parser, report_only, run_chaos
 from crosscity.bench.wan.emulator import WanEmulator
 from crosscity.train.observe.metrics_log import read_records
 
@@ -87,8 +89,8 @@ def test_three_faults_with_a_link_cut_are_survived_and_the_healthy_city_keeps_st
         *TIMING,
     ]
     with WanEmulator(3, 50.0, 20.0, prefix=PREFIX, subnet=SUBNET, queue=QUEUE) as wan:
-        run = run_chaos(wan, tmp_path / "run", overrides, faults, label="ci")
-    assert run.exit_code == 0, (tmp_path / "run" / "logs" / "launcher.log").read_text()[-3000:]
+        run = run_chaos(wan, tmp_path / "ci", overrides, faults, label="ci")
+    assert run.exit_code == 0, (tmp_path / "ci" / "logs" / "launcher.log").read_text()[-3000:]
     for r in run.results:
         assert r.fault.injected is not None, f"{r.fault.describe()} was never injected: the run ended first"
         assert r.survived, f"{r.fault.describe()}: no committed round with it after the fault ({r})"
@@ -97,12 +99,21 @@ def test_three_faults_with_a_link_cut_are_survived_and_the_healthy_city_keeps_st
     # Restarted after the coordinator was: not held at the start gate for wan.start_timeout_s (300 s).
     assert killed.back_s is not None and killed.back_s < 120.0, killed
     # The healthy city (0) stepped during each city fault and the coordinator outage.
-    line = timelines(read_records(tmp_path / "run"))[0]
+    line = timelines(read_records(tmp_path / "ci"))[0]
     for r in run.results:
         t0 = r.fault.injected
         assert t0 is not None and r.back_s is not None
         steps = [s for t, s, _ in line.steps if t0 <= t <= t0 + r.back_s]
         assert len(steps) >= 10, f"city 0 made {len(steps)} steps during {r.fault.describe()} ({r})"
     assert run.stats is not None and run.stats.final_rmse is not None  # the run's result exists
+    # RESULTS.md again from results.json and the run directory alone: the same file
+    results, argv = (
+        tmp_path / "RESULTS.md",
+        ["--cities", "3", "--ranks-per-city", "1", "--out", str(tmp_path)],
+    )
+    write_results(results, argv, _parser().parse_args(argv), [run], overrides, datetime.now(UTC))
+    written = results.read_text()
+    assert "| cut_link | 1 |" in written
+    assert report_only(tmp_path, results) == 0 and results.read_text() == written
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert PREFIX not in listed  # the emulator left nothing behind
