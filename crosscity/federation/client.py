@@ -198,6 +198,11 @@ class CityAgent:
         self._thread = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         self._thread.start()
 
+    @property
+    def _beat_timeout_s(self) -> float:
+        """A heartbeat (or a validation pass riding with it) that takes longer has failed."""
+        return max(2 * self.heartbeat_s, 1.0)
+
     def unreachable_s(self) -> float:
         """How long the heartbeats have been failing (0 while they get through)."""
         since = self.down_since
@@ -207,7 +212,7 @@ class CityAgent:
         while not self._stop.wait(self.heartbeat_s):
             msg = Message(p.HEARTBEAT, {"step": self.status.step, "state": self.status.state})
             try:
-                self.beat.call(msg, max(2 * self.heartbeat_s, 1.0))
+                self.beat.call(msg, self._beat_timeout_s)
                 if self.down_since is not None:
                     gone = time.monotonic() - self.down_since
                     self.log(f"[city {self.beat.city}] coordinator back after {gone:.1f} s")
@@ -235,7 +240,7 @@ class CityAgent:
             step, sums = self.status.validation[0]
             try:
                 msg = Message(p.VALIDATION, {"step": step, "sums": sums})
-                self.beat.call(msg, max(2 * self.heartbeat_s, 1.0))
+                self.beat.call(msg, self._beat_timeout_s)
             except Refused as exc:
                 self.log(f"[city {self.beat.city}] validation pass at step {step} refused: {exc}")
             with self._passes_lock:  # delivered or refused (Unreachable propagates: kept for the next beat)

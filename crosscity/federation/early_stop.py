@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crosscity.core.best_model import BestModel, Decision
+from crosscity.core.forecast_scores import pool_metrics
 
 # What a city's validation pass sums up (train/evaluate.py; pooled by core/forecast_scores.py).
 SUM_KEYS = ("ae", "count", "n_windows", "p_ae", "p_se", "se")
@@ -50,8 +51,7 @@ class EarlyStop:
         for s in sorted(self.reports):
             if len(self.reports[s]) < self.cities:
                 continue
-            total = {k: sum(c[k] for c in self.reports[s].values()) for k in SUM_KEYS}
-            rmse = math.sqrt(total["se"] / max(total["count"], 1.0))
+            rmse = pool_metrics(list(self.reports[s].values()))["rmse"]
             decision = self.best.update(s, rmse)
             out.append((s, rmse, decision))
             self.decided = s
