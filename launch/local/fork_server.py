@@ -33,8 +33,10 @@ from typing import Any
 from crosscity.launch.local.child_process import die_with_parent
 
 # What a rank imports before its first step; the rest (Horovod, MPI) is left to the child, since
-# mpi4py initialises MPI at import, and an initialised MPI must not be forked.
-PRELOAD = ("crosscity.launch.cli", "crosscity.train.trainer")
+# mpi4py initialises MPI at import, and an initialised MPI must not be forked. torch._dynamo is not
+# imported by torch but by the first torch.optim.Optimizer (its __init__ is wrapped to disable
+# dynamo): about 800 modules (sympy, mpmath), which were 4-10 s of every restarted rank's start.
+PRELOAD = ("crosscity.launch.cli", "crosscity.train.trainer", "torch._dynamo")
 
 
 def serve(requests: int, replies: int) -> None:
