@@ -94,8 +94,9 @@ class Link:
         return reply
 
     def _connected(self) -> Connection:
-        if self.conn is not None and not self.conn.closed:
+        if self.conn is not None and not self.conn.dropped():
             return self.conn
+        self.close()  # a connection the coordinator dropped would fail this call: open a new one
         if time.monotonic() < self.backoff.not_before:
             raise Unreachable(f"backing off for {self.backoff.delay_s:.1f} s after the last failure")
         try:

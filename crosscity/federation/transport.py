@@ -11,6 +11,7 @@ socket (frame headers included, before TLS), so the WAN accounting is exact.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import sys
@@ -92,6 +93,18 @@ class Connection:
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
+
+    def dropped(self) -> bool:
+        """Whether the peer went away while this connection was idle (a restarted coordinator, the
+        server's idle timeout): between a reply and the next request there is nothing to read, so a
+        readable socket means end of stream, a reset, or bytes nobody asked for."""
+        if self.closed:
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def close(self) -> None:
         """shutdown before close: on Linux a close() alone does not wake a thread blocked in recv."""

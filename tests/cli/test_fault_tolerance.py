@@ -76,14 +76,23 @@ def resumed_after(run_dir: Path, rank: int, t: float) -> bool:
     )
 
 
-def city_1_back(run_dir: Path, *until) -> float:
-    """A restart takes longer than city 0 needs to finish alone (up to a minute on a busy 2-core host):
-    once city 0 has trained through part of the outage it is held (SIGSTOP) until city 1 is back, so
-    city 1 comes back far behind a city that is still training - and must catch up with it."""
+def all_new(pids: list[int], before: list[int]) -> bool:
+    """Every rank of the city wrote its pid file again: the restarted city's processes all exist."""
+    return len(pids) == len(before) and not set(pids) & set(before)
+
+
+def city_1_back(run_dir: Path, before: list[int], resumed) -> float:
+    """A restart is a fork of the city's fork server, back in seconds; a long outage leaves the city
+    far behind one still training, and it must catch up. So the new city 1 is held (SIGSTOP) from its
+    first moment until city 0 has trained 60 steps past the fault; then city 0 is held until city 1 is
+    back (city 0 alone would finish a run this short first)."""
+    wait_until(lambda: all_new(city_pids(run_dir, 1), before), 120, "city 1 restarted")
+    signal_city(run_dir, 1, signal.SIGSTOP)
     wait_for_step(run_dir, rank=0, step=FAULT_AT + 60)
     signal_city(run_dir, 0, signal.SIGSTOP)
+    signal_city(run_dir, 1, signal.SIGCONT)
     try:
-        return wait_until(*until)
+        return wait_until(resumed, 120, "city 1 back")
     finally:
         signal_city(run_dir, 0, signal.SIGCONT)
 
@@ -108,13 +117,13 @@ def test_the_others_train_on_and_the_faulted_part_comes_back(
     launcher = start_crosscity("run", str(CONFIG), *args)
     try:
         wait_for_step(run_dir, rank=2, step=FAULT_AT)
-        t0 = time.time()
+        t0, before = time.time(), city_pids(run_dir, 1)
         if fault == "kill_city":
             signal_city(run_dir, 1, signal.SIGKILL)
-            back = city_1_back(run_dir, lambda: resumed_after(run_dir, 2, t0), 120, "city 1 restarted")
+            back = city_1_back(run_dir, before, lambda: resumed_after(run_dir, 2, t0))
         elif fault == "kill_rank":
             os.kill(rank_pids(run_dir)[(1, 1)], signal.SIGKILL)
-            back = city_1_back(run_dir, lambda: resumed_after(run_dir, 3, t0), 120, "city 1 restarted")
+            back = city_1_back(run_dir, before, lambda: resumed_after(run_dir, 3, t0))
         elif fault == "stop_city":
             signal_city(run_dir, 1, signal.SIGSTOP)
             time.sleep(4.0)  # well past wan.dead_after_s: the coordinator stops waiting for it
@@ -122,7 +131,7 @@ def test_the_others_train_on_and_the_faulted_part_comes_back(
             back = time.time()
         elif fault == "preempt":
             signal_city(run_dir, 1, signal.SIGUSR2)
-            back = city_1_back(run_dir, lambda: resumed_after(run_dir, 2, t0), 120, "city 1 requeued")
+            back = city_1_back(run_dir, before, lambda: resumed_after(run_dir, 2, t0))
         else:
             pid = coordinator_pid(run_dir)
             os.kill(pid, signal.SIGKILL)

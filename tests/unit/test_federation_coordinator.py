@@ -110,12 +110,20 @@ def restarted(
     service: CoordinatorThread, group: list, run_dir: Path, heartbeat_s: float
 ) -> tuple[CoordinatorThread, list]:
     """Another coordinator on the stopped one's state, and what each city fetches from it: the links
-    reconnect to the new address by themselves, and heartbeats register the cities again."""
+    reconnect to the new address by themselves, and heartbeats make the cities live again (a restored
+    coordinator waits for nobody it has not heard from since: a round before that is a city's alone)."""
     service.stop()
     service = CoordinatorThread(run_dir)
     fetched = [city.fetch() for city in group]
-    time.sleep(3 * heartbeat_s)
-    return service, fetched
+    events = run_dir / "coordinator" / "events.jsonl"
+    deadline = time.monotonic() + 15
+    while True:
+        seen = [json.loads(line) for line in events.read_text().splitlines()]
+        after = seen[max(i for i, e in enumerate(seen) if e["event"] == "restored") :]
+        if {e.get("city") for e in after if e["event"] == "live"} >= {city.city for city in group}:
+            return service, fetched
+        assert time.monotonic() < deadline, "the cities did not heartbeat to the restarted coordinator"
+        time.sleep(heartbeat_s)
 
 
 def test_a_restarted_coordinator_resumes_from_its_state(tmp_path: Path) -> None:
@@ -129,6 +137,25 @@ def test_a_restarted_coordinator_resumes_from_its_state(tmp_path: Path) -> None:
         assert after[1] == before[1] == 1 and np.array_equal(after[0], before[0])
         replies = all_exchange(group, [np.ones(N, np.float32), np.ones(N, np.float32)], 1)
         assert replies[0][0].fields["status"] == p.COMMITTED and replies[0][0].fields["version"] == 2
+    finally:
+        for city in group:
+            city.close()
+        service.stop()
+
+
+def test_a_city_is_heard_leaving_after_a_coordinator_restart(tmp_path: Path) -> None:
+    """The control connection (register, final, leave) idles between its calls, and a coordinator that
+    restarted meanwhile has closed it: the next call must go out on a new connection. On the stale one,
+    preempted cities read as silent and their final reports were lost (chaos bench)."""
+    cfg = run_config(tmp_path, 2, 1, "wan.algorithm=average")
+    service = CoordinatorThread(tmp_path)
+    group = started(tmp_path, cfg, 2)
+    try:
+        service, _ = restarted(service, group, tmp_path, cfg.wan.heartbeat_s)
+        group[0].agent.leave("preempted")
+        lines = (tmp_path / "coordinator" / "events.jsonl").read_text().splitlines()
+        leaves = [e for e in map(json.loads, lines) if e["event"] == "leave"]
+        assert [(e["city"], e["reason"]) for e in leaves] == [(0, "preempted")]
     finally:
         for city in group:
             city.close()
