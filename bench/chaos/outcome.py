@@ -6,9 +6,10 @@ them). Times come from two clocks of the same host: the coordinator's events
 and the ranks' metrics (a `train` record per step, `lan` when a rank process starts, `heal`
 events with their bytes). Per fault, from the moment it was injected:
 
-- detect: the coordinator's `silent` event for the city (its heartbeats stopped: killed, stopped,
-  cut off), its `leave` (preempted; `silent` if that message was lost), or for the coordinator
-  itself the first round a city could not finish (a `wan` record with a status other than committed);
+- detect: the coordinator's first event for the city: `silent` (its heartbeats stopped: killed,
+  stopped, cut off), `leave` (preempted) or `join` (restarted, it registered again before it was
+  silent for `wan.dead_after_s`); for the coordinator itself the first round a city could not finish
+  (a `wan` record with a status other than committed);
 - trains again: the city's next `train` record from a process that can train - after its restart
   (kills, preemption: the first step after a new `lan` record), after SIGCONT (stopped), at once
   for a link cut (the city trains on alone); none for the coordinator (nobody stops);
@@ -36,7 +37,6 @@ from typing import Any
 from crosscity.bench.chaos.faults import (
     CUT_LINK,
     KILL_COORDINATOR,
-    PREEMPT,
     STOP_CITY,
     Fault,
     read_events,
@@ -168,10 +168,10 @@ def analyse_fault(
         return result
     assert fault.city is not None
     line = lines[fault.city]
-    detect = _first_event(events, t0, "silent", fault.city)
-    if fault.kind == PREEMPT:  # it says it leaves; if that message is lost, its heartbeats stop
-        left = _first_event(events, t0, "leave", fault.city)
-        detect = min((t for t in (left, detect) if t is not None), default=None)
+    # silent, or it says it leaves (preempted), or a restarted city registers again before it went
+    # silent for dead_after_s: whichever the coordinator learns first
+    seen = [_first_event(events, t0, kind, fault.city) for kind in ("silent", "leave", "join")]
+    detect = min((t for t in seen if t is not None), default=None)
     result.detect_s = None if detect is None else detect - t0
     if fault.kind == STOP_CITY:
         again = line.first_step_after(fault.restored or math.inf)

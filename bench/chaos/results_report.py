@@ -196,10 +196,10 @@ def write_results(
         f"- timing: heartbeat_s={w.heartbeat_s:g} < dead_after_s={w.dead_after_s:g} < "
         f"round_timeout_s={w.round_timeout_s:g}; min_cities={w.min_cities}; "
         f"max_city_restarts={cfg.train.max_city_restarts}",
-        "- definitions: bench/chaos/outcome.py (detect = the coordinator's silent/leave event, for the "
-        "coordinator the cities' first failed round; trains again = the city's next step from a process that "
-        "can train; back in a quorum = its first committed round with itself in participants; p95 by nearest "
-        "rank, i.e. the largest value with under 20 samples)",
+        "- definitions: bench/chaos/outcome.py (detect = the coordinator's first silent, leave or join "
+        "event of the city, for the coordinator the cities' first failed round; trains again = the city's "
+        "next step from a process that can train; back in a quorum = its first committed round with "
+        "itself in participants; p95 by nearest rank, i.e. the largest value with under 20 samples)",
         "",
         "## Goals (issue 12)",
         "",
