@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crosscity.bench.chaos.faults import read_events
 from crosscity.federation import certs
 from crosscity.federation import protocol as p
 from crosscity.federation.audit import verify
@@ -115,10 +116,9 @@ def restarted(
     service.stop()
     service = CoordinatorThread(run_dir)
     fetched = [city.fetch() for city in group]
-    events = run_dir / "coordinator" / "events.jsonl"
     deadline = time.monotonic() + 15
     while True:
-        seen = [json.loads(line) for line in events.read_text().splitlines()]
+        seen = read_events(run_dir)
         after = seen[max(i for i, e in enumerate(seen) if e["event"] == "restored") :]
         if {e.get("city") for e in after if e["event"] == "live"} >= {city.city for city in group}:
             return service, fetched
@@ -153,8 +153,7 @@ def test_a_city_is_heard_leaving_after_a_coordinator_restart(tmp_path: Path) -> 
     try:
         service, _ = restarted(service, group, tmp_path, cfg.wan.heartbeat_s)
         group[0].agent.leave("preempted")
-        lines = (tmp_path / "coordinator" / "events.jsonl").read_text().splitlines()
-        leaves = [e for e in map(json.loads, lines) if e["event"] == "leave"]
+        leaves = [e for e in read_events(tmp_path) if e["event"] == "leave"]
         assert [(e["city"], e["reason"]) for e in leaves] == [(0, "preempted")]
     finally:
         for city in group:
